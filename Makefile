@@ -1,0 +1,58 @@
+# The MNIST training pipeline. `make help` lists every target.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A folder holding the MNIST files (IDX .gz or mnist.npz). Unset: the Keras cache, downloading
+# on first use. A sibling shared/data/mnist checkout is used when it exists.
+DATA_DIR ?= $(firstword $(wildcard ../shared/data/mnist))
+ARGS ?=
+HOST ?= 127.0.0.1
+PORT ?= 5000
+STORE ?= mlruns
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test test-full lint format typecheck check ui clean
+
+help: ## List every target
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "Variables: DATA_DIR=$(DATA_DIR) ARGS='overrides' HOST=$(HOST) PORT=$(PORT)"
+
+install: $(VENV)/.installed ## Create the virtualenv and install the project with its dev tools
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+train: install ## Train with the defaults (add overrides with ARGS='optimizer=sgd ...')
+	$(BIN)/python -m src.train $(if $(DATA_DIR),data.dir=$(DATA_DIR)) $(ARGS)
+
+test: install ## Run the test suite (fixture data, temporary stores; no network)
+	$(BIN)/python -m pytest
+
+test-full: install ## Train the default run on the full MNIST in DATA_DIR and require 98% test accuracy
+	@test -n "$(DATA_DIR)" || { echo "error: set DATA_DIR=folder with the full MNIST files" >&2; exit 2; }
+	MNIST_FULL_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest -m full -s
+
+lint: install ## Check style with ruff
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+format: install ## Format and fix with ruff
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+typecheck: install ## Type-check the package with mypy
+	$(BIN)/mypy
+
+check: lint typecheck test ## Lint, type-check and test
+
+ui: install ## Serve the project's MLflow store at http://$(HOST):$(PORT)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(STORE))/mlflow.db \
+		--default-artifact-root $(abspath $(STORE))/artifacts --host $(HOST) --port $(PORT)
+
+clean: ## Remove caches and Hydra outputs (never the recorded runs in mlruns/)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache outputs multirun build *.egg-info
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +

@@ -1,0 +1,66 @@
+"""Pure helpers that turn a finished training into figures and tables. No MLflow here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # No screen: render to files only.
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def confusion_matrix(
+    true_labels: np.ndarray, predicted_labels: np.ndarray, num_classes: int = 10
+) -> np.ndarray:
+    """Counts with rows for the true class and columns for the predicted class."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (true_labels, predicted_labels), 1)
+    return matrix
+
+
+def plot_confusion_matrix(matrix: np.ndarray) -> Figure:
+    figure, axes = plt.subplots(figsize=(6, 5.5))
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes)
+    classes = range(matrix.shape[0])
+    axes.set_xticks(classes)
+    axes.set_yticks(classes)
+    axes.set_xlabel("predicted digit")
+    axes.set_ylabel("true digit")
+    accuracy = np.trace(matrix) / max(matrix.sum(), 1)
+    axes.set_title(f"Test confusion matrix (accuracy {accuracy:.4f})")
+    threshold = matrix.max() / 2
+    for row in classes:
+        for column in classes:
+            count = matrix[row, column]
+            if count:
+                color = "white" if count > threshold else "black"
+                axes.text(
+                    column, row, str(count), ha="center", va="center", fontsize=7, color=color
+                )
+    figure.tight_layout()
+    return figure
+
+
+def plot_training_curves(history: Mapping[str, Sequence[float]]) -> Figure:
+    """Loss and accuracy per epoch, training and validation side by side."""
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        for prefix, label in (("", "train"), ("val_", "validation")):
+            values = history.get(prefix + metric, [])
+            epochs = range(1, len(values) + 1)
+            axes.plot(epochs, values, marker="o", label=label)
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(metric)
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def close(figure: Figure) -> None:
+    plt.close(figure)

@@ -1,0 +1,225 @@
+"""The typed schema under the YAML in conf/, and the one place where values are checked.
+
+Hydra merges each YAML option onto the dataclass registered here, so a value of the wrong type
+(``trainer.epochs=abc``) is refused while the config is composed. Ranges and the agreements
+between settings are checked by :func:`validate`, once, before any data is read or any run is
+recorded; the rest of the code trusts the values it is given.
+
+This module imports neither TensorFlow nor MLflow, so ``--help`` and ``--cfg job`` stay fast.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A config value that is out of range or disagrees with another one."""
+
+
+class LabelEncoding(str, Enum):
+    """How the labels are given to the loss: class indices, or one-hot rows."""
+
+    integer = "integer"
+    one_hot = "one_hot"
+
+
+@dataclass
+class OptimizerConfig:
+    """Settings every Keras optimizer takes (``keras.optimizers.Optimizer``)."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    learning_rate: float = MISSING
+    weight_decay: float | None = None
+    clipnorm: float | None = None
+    clipvalue: float | None = None
+    global_clipnorm: float | None = None
+    use_ema: bool = False
+    ema_momentum: float = 0.99
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    beta_1: float = MISSING
+    beta_2: float = MISSING
+    epsilon: float = MISSING
+    amsgrad: bool = False
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    momentum: float = MISSING
+    nesterov: bool = False
+
+
+@dataclass
+class LossConfig:
+    name: str = MISSING
+    # The labels follow the loss: the data loader encodes them as this says.
+    label_encoding: LabelEncoding = MISSING
+    # The Keras loss to instantiate (a dict with ``_target_``).
+    fn: Any = MISSING
+
+
+@dataclass
+class ModelConfig:
+    _target_: str = MISSING
+    name: str = MISSING
+    conv_dropout: float = MISSING
+    dense_dropout: float = MISSING
+
+
+@dataclass
+class DataConfig:
+    # A folder holding the four MNIST IDX .gz files or Keras's mnist.npz; None: use the cache.
+    dir: str | None = None
+    # Where a downloaded mnist.npz is kept (Keras's own cache by default, so it is shared).
+    cache_dir: str = MISSING
+    url: str = MISSING
+    sha256: str = MISSING
+    # Check files against the official checksums (or a SHA256SUMS file beside them).
+    verify: bool = True
+    # Fraction of the training images held out for validation.
+    val_fraction: float = MISSING
+    # Use only the first N training images; None: all of them.
+    limit: int | None = None
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    shuffle: bool = True
+    seed: int = MISSING
+    # Keras's progress display: 0 silent, 1 progress bar, 2 one line per epoch.
+    verbose: int = 1
+
+
+@dataclass
+class TrackingConfig:
+    # None: the project's SQLite store in <repo>/mlruns. Otherwise any MLflow tracking URI,
+    # e.g. sqlite:////abs/path/mlflow.db or http://127.0.0.1:5000.
+    uri: str | None = None
+    experiment: str = MISSING
+    # None: a name made from the command-line overrides.
+    run_name: str | None = None
+    log_model: bool = True
+
+
+@dataclass
+class TrainConfig:
+    optimizer: OptimizerConfig = MISSING
+    loss: LossConfig = MISSING
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    tracking: TrackingConfig = MISSING
+    # The metric that ``main`` returns, for sweepers that optimise it.
+    optimized_metric: str = MISSING
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (idempotent)."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    store.store(group="schema/optimizer", name="adam", node=AdamConfig)
+    store.store(group="schema/optimizer", name="sgd", node=SGDConfig)
+
+
+# The Keras losses whose label encoding is known; another loss is trusted as configured.
+_ENCODING_OF_LOSS = {
+    "keras.losses.SparseCategoricalCrossentropy": LabelEncoding.integer,
+    "keras.losses.CategoricalCrossentropy": LabelEncoding.one_hot,
+}
+
+
+@dataclass(frozen=True)
+class _Rule:
+    key: str
+    check: Callable[[Any], bool]
+    allowed: str
+
+
+def _positive(value: Any) -> bool:
+    return value is not None and math.isfinite(value) and value > 0
+
+
+def _unit_interval_open(value: Any) -> bool:
+    return 0 <= value < 1
+
+
+_RULES = (
+    _Rule("optimizer.learning_rate", _positive, "a number > 0"),
+    _Rule("optimizer.momentum", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    _Rule("optimizer.beta_1", _unit_interval_open, "a number in [0, 1)"),
+    _Rule("optimizer.beta_2", _unit_interval_open, "a number in [0, 1)"),
+    _Rule("optimizer.epsilon", _positive, "a number > 0"),
+    _Rule("optimizer.weight_decay", lambda v: v is None or v >= 0, "null or a number >= 0"),
+    _Rule("optimizer.clipnorm", lambda v: v is None or _positive(v), "null or a number > 0"),
+    _Rule("optimizer.clipvalue", lambda v: v is None or _positive(v), "null or a number > 0"),
+    _Rule("optimizer.global_clipnorm", lambda v: v is None or _positive(v), "null or a number > 0"),
+    _Rule("optimizer.ema_momentum", _unit_interval_open, "a number in [0, 1)"),
+    _Rule("model.conv_dropout", _unit_interval_open, "a rate in [0, 1)"),
+    _Rule("model.dense_dropout", _unit_interval_open, "a rate in [0, 1)"),
+    _Rule("data.val_fraction", lambda v: 0 < v < 1, "a fraction in (0, 1)"),
+    _Rule("data.limit", lambda v: v is None or v >= 2, "null (all images) or an integer >= 2"),
+    _Rule("trainer.epochs", lambda v: v >= 1, "an integer >= 1"),
+    _Rule("trainer.batch_size", lambda v: v >= 1, "an integer >= 1"),
+    _Rule("trainer.seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    _Rule("trainer.verbose", lambda v: v in (0, 1, 2), "0, 1 or 2"),
+    _Rule("tracking.experiment", lambda v: bool(v.strip()), "a non-empty name"),
+    _Rule(
+        "optimized_metric",
+        lambda v: v in ("val_accuracy", "val_loss", "accuracy", "loss", "test_accuracy"),
+        "one of val_accuracy, val_loss, accuracy, loss, test_accuracy",
+    ),
+)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every range and agreement in a composed config; raise ConfigError on the first
+    value that is wrong, naming the key, the value and what is allowed."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} has no value: set it, e.g. {missing[0]}=...")
+    for rule in _RULES:
+        value = OmegaConf.select(cfg, rule.key, default=_ABSENT)
+        if value is _ABSENT:
+            continue
+        if not rule.check(value):
+            raise ConfigError(f"{rule.key}={value} is not allowed: it must be {rule.allowed}")
+
+    limit, val_fraction = cfg.data.limit, cfg.data.val_fraction
+    if limit is not None and int(limit * val_fraction) < 1:
+        raise ConfigError(
+            f"data.val_fraction={val_fraction} of data.limit={limit} images holds out no "
+            "validation image: raise data.limit or data.val_fraction"
+        )
+    if limit is not None and limit - int(limit * val_fraction) < 1:
+        raise ConfigError(
+            f"data.val_fraction={val_fraction} of data.limit={limit} images leaves no training "
+            "image: lower data.val_fraction"
+        )
+
+    target = OmegaConf.select(cfg, "loss.fn._target_")
+    needed = _ENCODING_OF_LOSS.get(target)
+    encoding = LabelEncoding(cfg.loss.label_encoding)
+    if needed is not None and needed != encoding:
+        raise ConfigError(
+            f"loss.label_encoding={encoding.value} does not fit {target}, which needs "
+            f"{needed.value} labels: choose the loss with loss=sparse or loss=categorical"
+        )
+
+
+_ABSENT = object()

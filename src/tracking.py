@@ -1,0 +1,272 @@
+"""Every MLflow call of the project: the store, the run's lifecycle, params, the per-epoch
+callback, artifacts and the model. Nothing else imports mlflow."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import subprocess
+import time
+import traceback
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+from matplotlib.figure import Figure
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.models.signature import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Schema, TensorSpec
+
+from src.schema import PROJECT_ROOT
+
+DEFAULT_STORE_DIR = PROJECT_ROOT / "mlruns"
+MODEL_NAME = "model"
+# Overrides that say where things go rather than what is trained; left out of run names.
+_NOT_IN_RUN_NAME = ("tracking.", "data.dir", "data.cache_dir", "hydra.", "trainer.verbose")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used as configured."""
+
+
+def resolve_uri(uri: str | None) -> str:
+    """The tracking URI to use: the project's SQLite store in ``mlruns/`` when none is set."""
+    if uri is None:
+        return f"sqlite:///{DEFAULT_STORE_DIR / 'mlflow.db'}"
+    return uri
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """For a local SQLite store, artifacts go in an ``artifacts/`` folder beside the database,
+    whatever the working directory; a server decides for itself."""
+    database = _sqlite_path(uri)
+    if database is None:
+        return None
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("_") or "experiment"
+    return (database.resolve().parent / "artifacts" / slug).as_uri()
+
+
+def ui_hint(uri: str) -> str:
+    """How to look at the runs of this store."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    if uri == resolve_uri(None):
+        return "run `make ui` and open http://127.0.0.1:5000"
+    return (
+        f"run `mlflow ui --backend-store-uri {uri} --host 127.0.0.1` and open http://127.0.0.1:5000"
+    )
+
+
+def run_name_from_overrides(overrides: Sequence[str]) -> str:
+    """A short, readable name such as ``sgd,categorical,epochs=2`` from the command line's
+    overrides (``defaults`` when there are none)."""
+    parts = []
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key.startswith(_NOT_IN_RUN_NAME):
+            continue
+        parts.append(value if "." not in key else f"{key.rsplit('.', 1)[-1]}={value}")
+    return ",".join(parts)[:250] or "defaults"
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys: ``{"optimizer": {"name": "sgd"}}`` -> ``optimizer.name``."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, prefix=f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def git_commit() -> str | None:
+    """The checkout's commit, if the project runs from a git checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    name: str
+    source: str
+    sha256: str
+    train_size: int
+    val_size: int
+    test_size: int
+
+
+class EpochMetrics(keras.callbacks.Callback):
+    """Logs loss, accuracy, val_loss, val_accuracy, the learning rate and the epoch's seconds
+    after every epoch, with ``step`` the epoch number (1, 2, ...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._started = 0.0
+        self.history: dict[str, list[float]] = {}
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        metrics = {name: float(value) for name, value in (logs or {}).items()}
+        metrics["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
+        metrics["epoch_seconds"] = time.perf_counter() - self._started
+        for name, value in metrics.items():
+            self.history.setdefault(name, []).append(value)
+        mlflow.log_metrics(metrics, step=epoch + 1)
+
+
+class Run:
+    """The open MLflow run of one training job."""
+
+    def __init__(self, run_id: str, uri: str) -> None:
+        self.run_id = run_id
+        self.uri = uri
+        self.model_uri: str | None = None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        mlflow.log_params({key: _param_value(value) for key, value in params.items()})
+
+    def log_dataset(self, record: DatasetRecord) -> None:
+        with warnings.catch_warnings():
+            # A local path matches several equivalent source types; MLflow picks one and warns.
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(record.source)
+        dataset = MetaDataset(  # type: ignore[abstract]
+            source=source, name=record.name, digest=record.sha256[:16]
+        )
+        mlflow.log_input(dataset, context="training")
+        mlflow.set_tags(
+            {
+                "dataset.name": record.name,
+                "dataset.source": record.source,
+                "dataset.sha256": record.sha256,
+                "dataset.sizes": f"train={record.train_size} val={record.val_size} "
+                f"test={record.test_size}",
+            }
+        )
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        mlflow.log_metrics(dict(metrics))
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        mlflow.log_text(text, artifact_file)
+
+    def log_figure(self, figure: Figure, artifact_file: str) -> None:
+        mlflow.log_figure(figure, artifact_file)
+
+    def log_model(self, model: keras.Model) -> str:
+        """Log the model with MLflow's Keras flavor, in Keras's native format, with a signature:
+        float32 images (n, 28, 28, 1) in, class probabilities (n, 10) out. Returns its URI and
+        tags the run with it as ``model_uri``."""
+        input_shape = (-1, *model.input_shape[1:])
+        output_shape = (-1, *model.output_shape[1:])
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), input_shape, "image")]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), output_shape, "probabilities")]),
+        )
+        info = mlflow.keras.log_model(
+            model,
+            name=MODEL_NAME,
+            signature=signature,
+            # Explicit requirements: inferring them costs seconds per run.
+            pip_requirements=[
+                f"{package}=={importlib.metadata.version(package)}"
+                for package in ("mlflow", "keras", "tensorflow")
+            ],
+        )
+        self.model_uri = info.model_uri
+        mlflow.set_tag("model_uri", info.model_uri)
+        return info.model_uri
+
+
+def _param_value(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(item) for item in value)
+    return "null" if value is None else value
+
+
+@contextmanager
+def start_run(
+    uri: str | None,
+    experiment: str,
+    run_name: str,
+    tags: Mapping[str, str],
+) -> Iterator[Run]:
+    """Open one run and close it with the status the job earned: FINISHED, FAILED (with the
+    error as a tag and the traceback as an artifact) or KILLED on an interrupt."""
+    tracking_uri = resolve_uri(uri)
+    database = _sqlite_path(tracking_uri)
+    if database is not None:
+        try:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise TrackingError(
+                f"tracking.uri={tracking_uri}: cannot create {database.parent} ({error}); "
+                "choose a folder you can write"
+            ) from error
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment_id = _experiment_id(MlflowClient(tracking_uri), experiment, tracking_uri)
+    active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags))
+    run = Run(active.info.run_id, tracking_uri)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.set_tag("error", "interrupted")
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException as error:
+        mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
+        mlflow.log_text(traceback.format_exc(), "error/traceback.txt")
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    """The id of the named experiment, created if it does not exist yet (by this process or
+    by a concurrent one)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"tracking.experiment={name} is deleted in {uri}: restore it in the UI or "
+            "choose another name"
+        )
+    return str(experiment.experiment_id)

@@ -1,0 +1,45 @@
+"""The default run on the full MNIST reaches the original program's accuracy.
+
+Not part of the default test command (it trains on 54,000 images): CI runs it with
+``MNIST_FULL_DIR=../shared/data/mnist pytest -m full`` when that folder exists.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.full
+
+
+def test_default_run_on_full_mnist_reaches_98_percent(tmp_path):
+    data_dir = os.environ.get("MNIST_FULL_DIR")
+    if not data_dir or not Path(data_dir).is_dir():
+        pytest.fail("set MNIST_FULL_DIR to a folder holding the full MNIST files")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "src.train",
+            f"data.dir={data_dir}",
+            f"tracking.uri={store}",
+            f"hydra.run.dir={tmp_path / 'hydra'}",
+            "trainer.verbose=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("mnist-cnn").experiment_id])
+    accuracy = run.data.metrics["test_accuracy"]
+    print(f"full MNIST, default run: test_accuracy={accuracy:.4f}")
+    assert run.data.tags["dataset.sizes"] == "train=54000 val=6000 test=10000"
+    assert accuracy >= 0.98

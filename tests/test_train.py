@@ -1,0 +1,132 @@
+"""train(cfg) end to end on the fixture, checked through MlflowClient in a temporary store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from src.train import train
+
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds")
+
+
+def _history(client: MlflowClient, run_id: str, name: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, name))
+
+
+def test_train_records_params_metrics_artifacts_and_model(tiny_config, store_uri):
+    cfg = tiny_config("trainer.epochs=2", "optimizer.learning_rate=0.002")
+    result = train(cfg, overrides=["trainer.epochs=2", "optimizer.learning_rate=0.002"])
+
+    client = MlflowClient(store_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "epochs=2,learning_rate=0.002"
+
+    params = run.data.params
+    assert params["optimizer.name"] == "adam"
+    assert float(params["optimizer.learning_rate"]) == 0.002
+    assert params["loss.name"] == "sparse"
+    assert float(params["model.dense_dropout"]) == 0.5
+    assert float(params["model.conv_dropout"]) == 0.25
+    assert params["trainer.batch_size"] == "32"
+    assert params["trainer.epochs"] == "2"
+    assert params["model.parameter_count"] == "1630090"
+    assert params["data.limit"] == "null"
+
+    for name in EPOCH_METRICS:
+        history = _history(client, result.run_id, name)
+        assert [step for step, _ in history] == [1, 2], name
+        assert all(np.isfinite(value) for _, value in history), name
+    assert _history(client, result.run_id, "learning_rate")[0][1] == pytest.approx(0.002)
+    accuracy = run.data.metrics["test_accuracy"]
+    assert 0.5 < accuracy <= 1.0  # 2 epochs on 1,800 images learn far beyond chance.
+    assert run.data.metrics["test_loss"] == pytest.approx(result.metrics["test_loss"])
+    assert result.metrics["val_accuracy"] == pytest.approx(run.data.metrics["val_accuracy"])
+
+    tags = run.data.tags
+    assert tags["overrides"] == "trainer.epochs=2 optimizer.learning_rate=0.002"
+    assert tags["dataset.sha256"] and len(tags["dataset.sha256"]) == 64
+    assert tags["dataset.sizes"] == "train=1800 val=200 test=500"
+    assert tags["model_uri"] == result.model_uri
+    inputs = run.inputs.dataset_inputs
+    assert [item.dataset.name for item in inputs] == ["mnist"]
+    assert inputs[0].dataset.digest == tags["dataset.sha256"][:16]
+
+    artifacts = {
+        item.path
+        for folder in ("config", "plots", "evaluation")
+        for item in client.list_artifacts(result.run_id, folder)
+    }
+    artifacts |= {item.path for item in client.list_artifacts(result.run_id) if not item.is_dir}
+    assert artifacts == {
+        "config/config.yaml",
+        "config/overrides.yaml",
+        "model_summary.txt",
+        "plots/training_curves.png",
+        "evaluation/confusion_matrix.png",
+        "evaluation/confusion_matrix.csv",
+    }
+    matrix_path = client.download_artifacts(result.run_id, "evaluation/confusion_matrix.csv")
+    matrix = np.loadtxt(matrix_path, delimiter=",", skiprows=1, dtype=np.int64)[:, 1:]
+    assert matrix.sum() == 500
+    assert np.trace(matrix) / 500 == pytest.approx(accuracy)
+
+
+def test_logged_model_loads_and_predicts_probabilities(tiny_config, store_uri):
+    import mlflow
+
+    from src import data
+
+    result = train(tiny_config())
+    assert result.model_uri and result.model_uri.startswith("models:/")
+    mlflow.set_tracking_uri(store_uri)
+    model = mlflow.pyfunc.load_model(result.model_uri)
+    raw = data.load_mnist(str(tiny_config().data.dir), "unused", "unused", "unused")
+    images = (raw.test_images[:20].astype(np.float32) / 255.0)[..., np.newaxis]
+    probabilities = np.asarray(model.predict(images))
+    assert probabilities.shape == (20, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    # The loaded model is the trained one: it agrees with the labels as often as the run said.
+    hits = np.mean(probabilities.argmax(axis=1) == raw.test_labels[:20])
+    assert hits > 0.3
+
+
+def test_categorical_loss_trains_on_one_hot_labels(tiny_config, store_uri):
+    result = train(tiny_config("loss=categorical", "optimizer=sgd", "tracking.log_model=false"))
+    run = MlflowClient(store_uri).get_run(result.run_id)
+    assert run.data.params["loss.name"] == "categorical"
+    assert run.data.params["loss.label_encoding"] == "one_hot"
+    assert run.data.params["optimizer.name"] == "sgd"
+    assert np.isfinite(run.data.metrics["test_loss"])
+    assert "model_uri" not in run.data.tags
+
+
+def test_same_seed_gives_same_per_epoch_metrics(tiny_config, store_uri):
+    overrides = ("trainer.epochs=2", "tracking.log_model=false", "data.limit=1000")
+    first = train(tiny_config(*overrides))
+    second = train(tiny_config(*overrides))
+    other_seed = train(tiny_config(*overrides, "trainer.seed=7"))
+    client = MlflowClient(store_uri)
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert _history(client, first.run_id, name) == _history(client, second.run_id, name)
+    assert _history(client, first.run_id, "loss") != _history(client, other_seed.run_id, "loss")
+
+
+def test_a_failing_job_ends_its_run_failed(tiny_config, store_uri, monkeypatch):
+    import keras
+
+    def broken_fit(*args, **kwargs):
+        raise RuntimeError("the fit broke")
+
+    monkeypatch.setattr(keras.Model, "fit", broken_fit)
+    with pytest.raises(RuntimeError, match="the fit broke"):
+        train(tiny_config())
+    client = MlflowClient(store_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("mnist-cnn").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "RuntimeError: the fit broke"
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "error")] == [
+        "error/traceback.txt"
+    ]
