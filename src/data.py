@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from src.errors import PipelineError
+
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
 NPZ_NAME = "mnist.npz"
@@ -43,7 +45,7 @@ _IDX_LABELS_MAGIC = 0x00000801
 _DOWNLOAD_TIMEOUT_S = 30
 
 
-class DataError(ValueError):
+class DataError(PipelineError, ValueError):
     """The MNIST files are missing, unreadable, corrupt or not what they claim to be."""
 
 

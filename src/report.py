@@ -62,5 +62,24 @@ def plot_training_curves(history: Mapping[str, Sequence[float]]) -> Figure:
     return figure
 
 
+def plot_validation_curves(
+    histories: Mapping[str, Sequence[tuple[int, float]]], metric: str
+) -> Figure:
+    """One line per run: ``metric`` against the epoch, for comparing runs."""
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for label, history in histories.items():
+        if history:
+            steps, values = zip(*history, strict=True)
+            axes.plot(steps, values, marker="o", label=label[:40])
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(metric)
+    axes.set_title(f"{metric} per epoch")
+    axes.grid(alpha=0.3)
+    if histories:
+        axes.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    return figure
+
+
 def close(figure: Figure) -> None:
     plt.close(figure)

@@ -20,10 +20,12 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from src.errors import PipelineError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-class ConfigError(ValueError):
+class ConfigError(PipelineError, ValueError):
     """A config value that is out of range or disagrees with another one."""
 
 
@@ -118,6 +120,12 @@ class TrackingConfig:
 
 
 @dataclass
+class SweepConfig:
+    # True: redo the jobs an interrupted sweep already finished, instead of reusing them.
+    rerun: bool = False
+
+
+@dataclass
 class TrainConfig:
     optimizer: OptimizerConfig = MISSING
     loss: LossConfig = MISSING
@@ -125,6 +133,7 @@ class TrainConfig:
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = MISSING
+    sweep: SweepConfig = MISSING
     # The metric that ``main`` returns, for sweepers that optimise it.
     optimized_metric: str = MISSING
 

@@ -13,9 +13,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import mlflow
 import numpy as np
 from matplotlib.figure import Figure
@@ -27,7 +26,11 @@ from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
+from src.errors import PipelineError
 from src.schema import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    import keras
 
 DEFAULT_STORE_DIR = PROJECT_ROOT / "mlruns"
 MODEL_NAME = "model"
@@ -35,7 +38,7 @@ MODEL_NAME = "model"
 _NOT_IN_RUN_NAME = ("tracking.", "data.dir", "data.cache_dir", "hydra.", "trainer.verbose")
 
 
-class TrackingError(RuntimeError):
+class TrackingError(PipelineError, RuntimeError):
     """The tracking store cannot be used as configured."""
 
 
@@ -81,8 +84,18 @@ def run_name_from_overrides(overrides: Sequence[str]) -> str:
         key, _, value = override.lstrip("+~").partition("=")
         if key.startswith(_NOT_IN_RUN_NAME):
             continue
+        value = _short_number(value)
         parts.append(value if "." not in key else f"{key.rsplit('.', 1)[-1]}={value}")
     return ",".join(parts)[:250] or "defaults"
+
+
+def _short_number(value: str) -> str:
+    """``0.03142880890840111`` -> ``0.03143``: sweepers' sampled values, readable."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if len(value) <= 8 else f"{number:.4g}"
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -122,25 +135,40 @@ class DatasetRecord:
     test_size: int
 
 
-class EpochMetrics(keras.callbacks.Callback):
+class EpochMetricsLogger:
     """Logs loss, accuracy, val_loss, val_accuracy, the learning rate and the epoch's seconds
-    after every epoch, with ``step`` the epoch number (1, 2, ...)."""
+    after every epoch, with ``step`` the epoch number (1, 2, ...), and keeps them in
+    ``history``. ``callback()`` gives the Keras callback that feeds it."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self._started = 0.0
         self.history: dict[str, list[float]] = {}
+        self._started = 0.0
 
-    def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+    def epoch_started(self) -> None:
         self._started = time.perf_counter()
 
-    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-        metrics = {name: float(value) for name, value in (logs or {}).items()}
-        metrics["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
+    def epoch_ended(self, epoch: int, logs: Mapping[str, Any], learning_rate: float) -> None:
+        metrics = {name: float(value) for name, value in logs.items()}
+        metrics["learning_rate"] = learning_rate
         metrics["epoch_seconds"] = time.perf_counter() - self._started
         for name, value in metrics.items():
             self.history.setdefault(name, []).append(value)
         mlflow.log_metrics(metrics, step=epoch + 1)
+
+    def callback(self) -> keras.callbacks.Callback:
+        import keras  # Imported here so that the rest of this module does not need Keras.
+
+        logger = self
+
+        class EpochMetrics(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+                logger.epoch_started()
+
+            def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+                learning_rate = float(np.asarray(self.model.optimizer.learning_rate))
+                logger.epoch_ended(epoch, logs or {}, learning_rate)
+
+        return EpochMetrics()
 
 
 class Run:
@@ -222,18 +250,8 @@ def start_run(
 ) -> Iterator[Run]:
     """Open one run and close it with the status the job earned: FINISHED, FAILED (with the
     error as a tag and the traceback as an artifact) or KILLED on an interrupt."""
-    tracking_uri = resolve_uri(uri)
-    database = _sqlite_path(tracking_uri)
-    if database is not None:
-        try:
-            database.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise TrackingError(
-                f"tracking.uri={tracking_uri}: cannot create {database.parent} ({error}); "
-                "choose a folder you can write"
-            ) from error
+    tracking_uri, experiment_id = prepare_store(uri, experiment)
     mlflow.set_tracking_uri(tracking_uri)
-    experiment_id = _experiment_id(MlflowClient(tracking_uri), experiment, tracking_uri)
     active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags))
     run = Run(active.info.run_id, tracking_uri)
     try:
@@ -249,6 +267,19 @@ def start_run(
         raise
     else:
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _ensure_sqlite_folder(uri: str) -> None:
+    database = _sqlite_path(uri)
+    if database is None:
+        return
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TrackingError(
+            f"tracking.uri={uri}: cannot create {database.parent} ({error}); "
+            "choose a folder you can write"
+        ) from error
 
 
 def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
@@ -270,3 +301,152 @@ def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
             "choose another name"
         )
     return str(experiment.experiment_id)
+
+
+# Sweeps: one parent run per multirun, the jobs' runs nested under it. The parent is handled
+# through the client API (not the fluent "active run"), so that jobs running in the same
+# process can open their own runs freely.
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What the comparison of runs needs to know of one run."""
+
+    run_id: str
+    name: str
+    status: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def prepare_store(uri: str | None, experiment: str) -> tuple[str, str]:
+    """Create the store (its database schema) and the experiment if they do not exist yet, so
+    that concurrent jobs find them ready. Returns the tracking URI and the experiment id."""
+    tracking_uri = resolve_uri(uri)
+    _ensure_sqlite_folder(tracking_uri)
+    return tracking_uri, _experiment_id(MlflowClient(tracking_uri), experiment, tracking_uri)
+
+
+def find_sweep_to_resume(uri: str, experiment_id: str, fingerprint: str) -> str | None:
+    """The newest unfinished (interrupted or failed) sweep run with this fingerprint, if any."""
+    runs = MlflowClient(uri).search_runs(
+        [experiment_id],
+        filter_string=f"tags.sweep_fingerprint = '{fingerprint}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if runs and runs[0].info.status != RunStatus.to_string(RunStatus.FINISHED):
+        return str(runs[0].info.run_id)
+    return None
+
+
+def start_sweep_run(
+    uri: str, experiment_id: str, name: str, tags: Mapping[str, str], resume_run_id: str | None
+) -> str:
+    """Open the sweep's parent run (or reopen an interrupted one) and return its id."""
+    client = MlflowClient(uri)
+    if resume_run_id is not None:
+        client.update_run(resume_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        client.set_tag(resume_run_id, "sweep_resumed", "true")
+        return resume_run_id
+    run = client.create_run(experiment_id, run_name=name, tags=dict(tags))
+    return str(run.info.run_id)
+
+
+def reusable_child_run(uri: str, parent_run_id: str, config_hash: str) -> RunSummary | None:
+    """A finished child run of this sweep that trained exactly this config, if there is one."""
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=(
+            f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.config_hash = '{config_hash}' "
+            "and attributes.status = 'FINISHED'"
+        ),
+        max_results=1,
+    )
+    return _summary(runs[0]) if runs else None
+
+
+def find_runs(
+    uri: str,
+    experiment: str,
+    parent_run_id: str | None = None,
+    filter_string: str = "",
+    max_results: int = 1000,
+) -> list[RunSummary]:
+    """Runs of an experiment, optionally only one sweep's children, newest first."""
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    clauses = [clause for clause in (filter_string.strip(),) if clause]
+    if parent_run_id is not None:
+        clauses.append(f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=" and ".join(clauses),
+        order_by=["attributes.start_time DESC"],
+        max_results=max_results,
+    )
+    return [_summary(run) for run in runs]
+
+
+def latest_sweep_run_id(uri: str, experiment: str) -> str | None:
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string="tags.sweep_role = 'parent'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return str(runs[0].info.run_id) if runs else None
+
+
+def metric_history(uri: str, run_id: str, metric: str) -> list[tuple[int, float]]:
+    history = MlflowClient(uri).get_metric_history(run_id, metric)
+    return sorted((item.step, item.value) for item in history)
+
+
+def log_to_run(
+    uri: str,
+    run_id: str,
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, str] | None = None,
+    texts: Mapping[str, str] | None = None,
+    figures: Mapping[str, Figure] | None = None,
+) -> None:
+    """Record metrics, tags, text and figure artifacts on a run that is not the active one."""
+    client = MlflowClient(uri)
+    for name, number in (metrics or {}).items():
+        client.log_metric(run_id, name, number)
+    for key, text in (tags or {}).items():
+        client.set_tag(run_id, key, text)
+    for path, content in (texts or {}).items():
+        client.log_text(run_id, content, path)
+    for path, figure in (figures or {}).items():
+        client.log_figure(run_id, figure, path)
+
+
+def end_run(uri: str, run_id: str, status: str) -> None:
+    """Close a run with FINISHED, FAILED or KILLED, unless it is closed already."""
+    client = MlflowClient(uri)
+    if client.get_run(run_id).info.status == RunStatus.to_string(RunStatus.RUNNING):
+        client.set_terminated(run_id, status=status)
+
+
+def _summary(run: Any) -> RunSummary:
+    return RunSummary(
+        run_id=run.info.run_id,
+        name=run.info.run_name or "",
+        status=run.info.status,
+        params=dict(run.data.params),
+        metrics=dict(run.data.metrics),
+        tags=dict(run.data.tags),
+    )

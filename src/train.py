@@ -22,7 +22,16 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from src.errors import PipelineError
 from src.schema import ConfigError, LabelEncoding, register_configs, validate
+from src.sweep import (
+    JobResult,
+    SweepContext,
+    config_hash,
+    current_sweep,
+    job_metric,
+    write_job_result,
+)
 
 register_configs()
 
@@ -35,13 +44,29 @@ class TrainResult:
     run_id: str
     model_uri: str | None
     metrics: dict[str, float] = field(default_factory=dict)
+    reused: bool = False  # True: an interrupted sweep's finished run, not trained again
 
 
-def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainResult:
+def train(
+    cfg: DictConfig, overrides: Sequence[str] = (), sweep: SweepContext | None = None
+) -> TrainResult:
     """Run one training job as ``cfg`` says and record it; ``overrides`` are the command-line
-    overrides that produced ``cfg`` (they name the run and are stored with it)."""
+    overrides that produced ``cfg`` (they name the run and are stored with it), ``sweep`` the
+    sweep the job belongs to, if any."""
     validate(cfg)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter.
+    fingerprint = config_hash(cfg)
+    if sweep is not None and sweep.resumed and not sweep.rerun:
+        from src import tracking
+
+        uri = tracking.resolve_uri(cfg.tracking.uri)
+        done = tracking.reusable_child_run(uri, sweep.parent_run_id, fingerprint)
+        if done is not None:
+            print(
+                f"Job {sweep.job_number}: reusing finished run {done.run_id} "
+                "(sweep.rerun=true trains it again)"
+            )
+            return TrainResult(done.run_id, done.tags.get("model_uri"), done.metrics, reused=True)
 
     import keras
     import numpy as np
@@ -64,7 +89,15 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainResult:
 
     settings = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     run_name = cfg.tracking.run_name or tracking.run_name_from_overrides(overrides)
-    tags = {"overrides": " ".join(overrides) or "(none)"}
+    tags = {"overrides": " ".join(overrides) or "(none)", "config_hash": fingerprint}
+    if sweep is not None:
+        tags.update(
+            {
+                tracking.PARENT_TAG: sweep.parent_run_id,
+                "sweep_id": sweep.parent_run_id,
+                "sweep_job": str(sweep.job_number),
+            }
+        )
     commit = tracking.git_commit()
     if commit:
         tags["git_commit"] = tags["mlflow.source.git.commit"] = commit
@@ -90,7 +123,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainResult:
         run.log_text("\n".join(summary) + "\n", "model_summary.txt")
 
         # Fit, with the per-epoch metrics recorded as they come.
-        epoch_metrics = tracking.EpochMetrics()
+        epoch_metrics = tracking.EpochMetricsLogger()
         model.fit(
             splits.x_train,
             splits.y_train,
@@ -98,7 +131,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> TrainResult:
             epochs=cfg.trainer.epochs,
             shuffle=cfg.trainer.shuffle,
             validation_data=(splits.x_val, splits.y_val),
-            callbacks=[epoch_metrics],
+            callbacks=[epoch_metrics.callback()],
             verbose=cfg.trainer.verbose,
         )
 
@@ -155,12 +188,26 @@ def _print_summary(cfg: DictConfig, result: TrainResult, ui_hint: str) -> None:
 def main(cfg: DictConfig) -> float:
     """Hydra's entry point: train, and return the metric a sweeper optimises."""
     overrides = list(HydraConfig.get().overrides.task)
+    sweep = current_sweep()
     try:
-        result = train(cfg, overrides)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    return result.metrics[cfg.optimized_metric]
+        result = train(cfg, overrides, sweep)
+    except Exception as error:
+        if sweep is None:
+            if isinstance(error, PipelineError):
+                print(f"error: {error}", file=sys.stderr)
+                sys.exit(2 if isinstance(error, ConfigError) else 1)
+            raise
+        # In a sweep one failed job does not stop the others: its run is already FAILED, the
+        # sweep's summary names it, and the command exits non-zero at the end.
+        message = f"{type(error).__name__}: {error}".splitlines()[0]
+        print(f"error: job {sweep.job_number} failed: {message}", file=sys.stderr)
+        write_job_result(JobResult(sweep.job_number, overrides, "failed", None, None, message))
+        return job_metric(None)
+    metric = result.metrics.get(cfg.optimized_metric)
+    if sweep is not None:
+        status = "reused" if result.reused else "finished"
+        write_job_result(JobResult(sweep.job_number, overrides, status, result.run_id, metric))
+    return job_metric(metric)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ def test_run_name_is_made_from_what_was_changed():
         == "sgd,categorical,epochs=2"
     )
     assert tracking.run_name_from_overrides(["data.dir=/a", "hydra.run.dir=/b"]) == "defaults"
+    assert (
+        tracking.run_name_from_overrides(["optimizer.learning_rate=0.03142880890840111"])
+        == "learning_rate=0.03143"
+    )
 
 
 def test_flatten_gives_dotted_keys():

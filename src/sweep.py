@@ -1,0 +1,273 @@
+"""Sweeps (``python -m src.train -m ...``): one MLflow parent run per multirun, every job's run
+nested under it, and the sweep's summary recorded on the parent when the jobs are done.
+
+The parent is opened by a Hydra callback in the launching process before any job starts (which
+also creates the store, so concurrent jobs never race to build it), and its id is handed to the
+jobs in a file in the sweep folder, so any launcher works (in-process, joblib's worker
+processes). Each job leaves a small result file in its own output folder; the callback reads
+them at the end.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import math
+import sys
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+SWEEP_FILE = "sweep.json"
+RESULT_FILE = "job_result.json"
+# Settings that change where a job's records go or how it prints, not what it trains.
+_NOT_IN_CONFIG_HASH = ("tracking", "sweep")
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What a job of a sweep needs to know of it."""
+
+    parent_run_id: str
+    job_number: int
+    resumed: bool
+    rerun: bool
+
+
+@dataclass(frozen=True)
+class JobResult:
+    job_number: int
+    overrides: list[str]
+    status: str  # "finished", "reused" or "failed"
+    run_id: str | None
+    metric: float | None
+    error: str | None = None
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A fingerprint of everything that decides what a job trains."""
+    settings = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    assert isinstance(settings, dict)
+    for key in _NOT_IN_CONFIG_HASH:
+        settings.pop(key, None)
+    settings.get("trainer", {}).pop("verbose", None)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def current_sweep() -> SweepContext | None:
+    """The sweep this job belongs to, or None for a single run."""
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    sweep_file = Path(hydra_cfg.sweep.dir) / SWEEP_FILE
+    if not sweep_file.exists():
+        return None
+    recorded = json.loads(sweep_file.read_text())
+    return SweepContext(
+        parent_run_id=recorded["parent_run_id"],
+        job_number=int(hydra_cfg.job.num),
+        resumed=bool(recorded["resumed"]),
+        rerun=bool(recorded["rerun"]),
+    )
+
+
+def write_job_result(result: JobResult) -> None:
+    """Leave the job's outcome in its output folder for the sweep's summary."""
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / RESULT_FILE).write_text(json.dumps(asdict(result)))
+
+
+class SweepTracker(Callback):
+    """Opens the sweep's parent run before the jobs and closes it with their summary after.
+
+    If the sweep ends early (Ctrl-C, a crash of the launcher), the parent is closed KILLED or
+    FAILED at exit, so it never stays RUNNING.
+    """
+
+    def __init__(self) -> None:
+        self._uri: str | None = None
+        self._parent_run_id: str | None = None
+
+    # Hydra turns a callback's exceptions into warnings and carries on; a sweep whose parent run
+    # could not be opened or closed must stop instead, so errors leave as SystemExit.
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _exit_on_error(self._start, config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        _exit_on_error(self._finish, config)
+
+    def _start(self, config: DictConfig) -> None:
+        from src import tracking
+        from src.schema import validate
+
+        # The settings shared by every job are checked before anything is recorded.
+        validate(OmegaConf.masked_copy(config, [str(key) for key in config if key != "hydra"]))
+        sweep_overrides = list(config.hydra.overrides.task)
+        uri, experiment_id = tracking.prepare_store(config.tracking.uri, config.tracking.experiment)
+        fingerprint = _sweep_fingerprint(config, sweep_overrides)
+        resume_id = None
+        if not config.sweep.rerun:
+            resume_id = tracking.find_sweep_to_resume(uri, experiment_id, fingerprint)
+        name = "sweep: " + (tracking.run_name_from_overrides(sweep_overrides) or "defaults")
+        self._uri = uri
+        self._parent_run_id = tracking.start_sweep_run(
+            uri,
+            experiment_id,
+            name=name[:250],
+            tags={
+                "sweep_role": "parent",
+                "sweep_fingerprint": fingerprint,
+                "sweep_overrides": " ".join(sweep_overrides) or "(none)",
+                "sweeper": str(config.hydra.sweeper._target_).rsplit(".", 1)[-1],
+                "launcher": str(config.hydra.launcher._target_).rsplit(".", 1)[-1],
+            },
+            resume_run_id=resume_id,
+        )
+        atexit.register(self._close_if_still_open)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / SWEEP_FILE).write_text(
+            json.dumps(
+                {
+                    "parent_run_id": self._parent_run_id,
+                    "resumed": resume_id is not None,
+                    "rerun": bool(config.sweep.rerun),
+                }
+            )
+        )
+        verb = "Resuming" if resume_id else "Starting"
+        print(f"{verb} sweep {self._parent_run_id} ({uri})", file=sys.stderr)
+
+    def _finish(self, config: DictConfig) -> None:
+        from src import compare, report, tracking
+
+        if self._uri is None or self._parent_run_id is None:
+            raise RuntimeError("the sweep's parent run was never opened")
+        uri, parent = self._uri, self._parent_run_id
+        results = _read_job_results(Path(config.hydra.sweep.dir))
+        failed = [result for result in results if result.status == "failed"]
+        shared = set.intersection(*(set(r.overrides) for r in results)) if results else set()
+
+        def describe(result: JobResult) -> str:
+            own = [override for override in result.overrides if override not in shared]
+            return f"job {result.job_number} ({' '.join(own)})"
+
+        metric = config.optimized_metric
+        runs = tracking.find_runs(uri, config.tracking.experiment, parent_run_id=parent)
+        table = compare.build_table(runs, metric)
+        tags = {
+            "jobs_failed_list": "; ".join(f"{describe(r)}: {r.error}" for r in failed)[:5000]
+            or "(none)",
+        }
+        metrics = {
+            "jobs_total": float(len(results)),
+            "jobs_finished": float(sum(r.status == "finished" for r in results)),
+            "jobs_reused": float(sum(r.status == "reused" for r in results)),
+            "jobs_failed": float(len(failed)),
+        }
+        best = table.rows[0] if table.rows else None
+        if best is not None and best.value is not None:
+            tags.update({"best_run_id": best.run_id, "best_run_name": best.name})
+            tags["best_job"] = best.tags.get("sweep_job", "")
+            metrics[f"best_{metric}"] = best.value
+        histories = {
+            row.name or row.run_id: tracking.metric_history(uri, row.run_id, f"val_{_base(metric)}")
+            for row in table.rows
+        }
+        figure = report.plot_validation_curves(histories, f"val_{_base(metric)}")
+        tracking.log_to_run(
+            uri,
+            parent,
+            metrics=metrics,
+            tags=tags,
+            texts={
+                "comparison/comparison.csv": compare.to_csv(table),
+                "comparison/comparison.md": compare.to_markdown(table),
+            },
+            figures={"comparison/validation_curves.png": figure},
+        )
+        report.close(figure)
+        tracking.end_run(uri, parent, "FAILED" if failed else "FINISHED")
+        print(compare.to_text(table))
+        print(
+            f"\nSweep {parent}: {int(metrics['jobs_finished'])} finished, "
+            f"{int(metrics['jobs_reused'])} reused, {len(failed)} failed."
+        )
+        if failed:
+            names = ", ".join(describe(r) for r in failed)
+            print(f"error: {len(failed)} of {len(results)} jobs failed: {names}", file=sys.stderr)
+            sys.exit(1)
+
+    def _close_if_still_open(self) -> None:
+        if self._uri is None or self._parent_run_id is None:
+            return
+        from src import tracking
+
+        interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+        try:
+            tracking.end_run(self._uri, self._parent_run_id, "KILLED" if interrupted else "FAILED")
+        except Exception as error:  # At exit, report rather than raise.
+            print(
+                f"warning: could not close sweep run {self._parent_run_id}: {error}",
+                file=sys.stderr,
+            )
+
+
+def _exit_on_error(step: Any, config: DictConfig) -> None:
+    from src.errors import PipelineError
+    from src.schema import ConfigError
+
+    try:
+        step(config)
+    except PipelineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2 if isinstance(error, ConfigError) else 1)
+    except Exception:
+        traceback.print_exc()
+        sys.exit(1)
+
+
+def _base(metric: str) -> str:
+    return metric.removeprefix("val_").removeprefix("test_")
+
+
+def _sweep_fingerprint(config: DictConfig, overrides: Sequence[str]) -> str:
+    """Two sweeps are the same sweep when they have the same overrides, experiment and sweeper
+    (and search space)."""
+    sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=False)
+    identity = json.dumps(
+        {
+            "overrides": sorted(overrides),
+            "experiment": config.tracking.experiment,
+            "sweeper": sweeper,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def _read_job_results(sweep_dir: Path) -> list[JobResult]:
+    results = []
+    for path in sorted(sweep_dir.glob(f"**/{RESULT_FILE}")):
+        recorded = json.loads(path.read_text())
+        results.append(JobResult(**recorded))
+    return sorted(results, key=lambda result: result.job_number)
+
+
+def job_metric(value: float | None) -> float:
+    """What a job returns to the sweeper: its metric, or NaN for a failed job (Optuna then
+    records the trial as failed instead of stopping the study)."""
+    return math.nan if value is None else value

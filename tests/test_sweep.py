@@ -1,0 +1,224 @@
+"""Sweeps run as real commands: a parent run with nested job runs, failures, resume, parallel
+workers writing into one SQLite store, Optuna, and the compare command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from src import compare
+from tests.conftest import FIXTURE_DIR
+
+pytestmark = pytest.mark.slow
+
+
+def sweep(tmp_path: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "src.train",
+            "-m",
+            f"data.dir={FIXTURE_DIR}",
+            "data.limit=400",
+            "trainer.verbose=0",
+            "tracking.log_model=false",
+            f"tracking.uri=sqlite:///{tmp_path / 'store' / 'mlflow.db'}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            *overrides,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def runs_of(tmp_path: Path) -> tuple[MlflowClient, list, list]:
+    """The store's parent runs and job runs."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("mnist-cnn")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [run for run in runs if run.data.tags.get("sweep_role") == "parent"]
+    jobs = [run for run in runs if run.data.tags.get("sweep_role") != "parent"]
+    return client, parents, jobs
+
+
+def test_grid_sweep_nests_every_job_under_one_parent(tmp_path):
+    result = sweep(
+        tmp_path, "optimizer=adam,sgd", "loss=sparse,categorical", "model.dense_dropout=0.3,0.5"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, [parent], jobs = runs_of(tmp_path)
+    assert len(jobs) == 8
+    assert {run.data.tags["mlflow.parentRunId"] for run in jobs} == {parent.info.run_id}
+    assert {run.data.tags["sweep_id"] for run in jobs} == {parent.info.run_id}
+    assert sorted(int(run.data.tags["sweep_job"]) for run in jobs) == list(range(8))
+    assert {run.info.status for run in jobs} == {"FINISHED"}
+    combos = {
+        (
+            r.data.params["optimizer.name"],
+            r.data.params["loss.name"],
+            r.data.params["model.dense_dropout"],
+        )
+        for r in jobs
+    }
+    assert len(combos) == 8
+
+    assert parent.info.status == "FINISHED"
+    metrics = parent.data.metrics
+    assert (metrics["jobs_total"], metrics["jobs_finished"], metrics["jobs_failed"]) == (8, 8, 0)
+    best = max(jobs, key=lambda run: run.data.metrics["val_accuracy"])
+    assert metrics["best_val_accuracy"] == pytest.approx(best.data.metrics["val_accuracy"])
+    assert parent.data.tags["best_run_id"] in {run.info.run_id for run in jobs}
+    assert parent.data.tags["sweep_overrides"].endswith(
+        "optimizer=adam,sgd loss=sparse,categorical model.dense_dropout=0.3,0.5"
+    )
+    artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "comparison")}
+    assert artifacts == {
+        "comparison/comparison.csv",
+        "comparison/comparison.md",
+        "comparison/validation_curves.png",
+    }
+    table = Path(
+        client.download_artifacts(parent.info.run_id, "comparison/comparison.csv")
+    ).read_text()
+    assert len(table.strip().splitlines()) == 9  # Header and one row per job.
+    assert "Runs by val_accuracy" in result.stdout
+
+
+def test_a_failed_job_does_not_stop_the_others_and_resume_reuses_finished_jobs(tmp_path):
+    # data.limit=5000 is more than the fixture's 2,000 training images: that job fails.
+    first = sweep(tmp_path, "data.limit=300,5000,400")
+    assert first.returncode == 1
+    last_line = first.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: 1 of 3 jobs failed: job 1 (data.limit=5000)")
+    _, [parent], jobs = runs_of(tmp_path)
+    assert parent.info.status == "FAILED"
+    assert parent.data.metrics["jobs_failed"] == 1 and parent.data.metrics["jobs_finished"] == 2
+    assert (
+        "data.limit=5000 exceeds the 2000 training images" in parent.data.tags["jobs_failed_list"]
+    )
+    # The failing job stopped at its data, before opening a run; the parent names it.
+    assert sorted(run.info.status for run in jobs) == ["FINISHED", "FINISHED"]
+
+    # The same sweep again: the two finished jobs are reused, not trained again.
+    second = sweep(tmp_path, "data.limit=300,5000,400")
+    assert second.returncode == 1
+    assert second.stdout.count("reusing finished run") == 2
+    _, [resumed], jobs = runs_of(tmp_path)
+    assert resumed.info.run_id == parent.info.run_id
+    assert resumed.data.tags["sweep_resumed"] == "true"
+    assert resumed.data.metrics["jobs_reused"] == 2
+    assert sorted(run.info.status for run in jobs) == ["FINISHED", "FINISHED"]
+
+    # sweep.rerun=true trains everything again, as a new sweep.
+    third = sweep(tmp_path, "data.limit=300,400", "sweep.rerun=true")
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "reusing" not in third.stdout
+    _, parents, jobs = runs_of(tmp_path)
+    assert len(parents) == 2 and len(jobs) == 4
+
+
+def test_parallel_workers_lose_no_run_metric_or_artifact(tmp_path):
+    result = sweep(
+        tmp_path,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "trainer.epochs=2",
+        "data.limit=200",
+        "trainer.seed=1,2,3,4,5,6,7,8",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "database is locked" not in result.stderr
+    client, [parent], jobs = runs_of(tmp_path)
+    assert len(jobs) == 8 and parent.data.metrics["jobs_finished"] == 8
+    assert parent.data.tags["launcher"] == "JoblibLauncher"
+    for run in jobs:
+        assert run.info.status == "FINISHED"
+        for name in (
+            "loss",
+            "accuracy",
+            "val_loss",
+            "val_accuracy",
+            "learning_rate",
+            "epoch_seconds",
+        ):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2], (
+                name
+            )
+        assert "test_accuracy" in run.data.metrics
+        paths = {item.path for item in client.list_artifacts(run.info.run_id, "evaluation")}
+        assert "evaluation/confusion_matrix.csv" in paths
+
+
+def test_optuna_sweep_records_trials_as_children_and_the_best_on_the_parent(tmp_path):
+    result = sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Best value" in result.stdout + result.stderr
+    _, [parent], jobs = runs_of(tmp_path)
+    assert len(jobs) == 3
+    assert parent.data.tags["sweeper"] == "OptunaSweeper"
+    best = max(jobs, key=lambda run: run.data.metrics["val_accuracy"])
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    learning_rates = {run.data.params["optimizer.learning_rate"] for run in jobs}
+    assert len(learning_rates) == 3  # Each trial sampled its own settings.
+
+
+def test_compare_prints_the_best_first_and_logs_to_the_sweep(tmp_path):
+    assert sweep(tmp_path, "optimizer=adam,sgd").returncode == 0
+    command = [
+        sys.executable,
+        "-m",
+        "src.compare",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}",
+        "--sweep",
+        "latest",
+        "--plot",
+        str(tmp_path / "curves.png"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    _, [_parent], jobs = runs_of(tmp_path)
+    lines = result.stdout.splitlines()
+    best = max(jobs, key=lambda run: run.data.metrics["val_accuracy"])
+    first_row = next(line for line in lines if line.startswith("1 "))
+    assert best.info.run_id in first_row and best.data.params["optimizer.name"] in first_row
+    header = next(line for line in lines if line.startswith("rank"))
+    assert "optimizer.name" in header and "optimizer.beta_1" not in header
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+
+    filtered = subprocess.run(
+        [*command[:5], "--filter", "params.`optimizer.name` = 'rmsprop'"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert filtered.returncode == 1
+    assert (
+        filtered.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: no runs in experiment 'mnist-cnn' matching")
+    )
+
+
+def test_build_table_keeps_only_differing_params_and_sorts_by_direction():
+    from src.tracking import RunSummary
+
+    def run(run_id: str, lr: str, val_loss: float) -> RunSummary:
+        params = {"optimizer.learning_rate": lr, "trainer.epochs": "1", "tracking.uri": run_id}
+        return RunSummary(run_id, run_id, "FINISHED", params, {"val_loss": val_loss}, {})
+
+    table = compare.build_table([run("a", "0.1", 0.5), run("b", "0.01", 0.2)], "val_loss")
+    assert table.param_names == ["optimizer.learning_rate"]
+    assert [row.run_id for row in table.rows] == ["b", "a"]
+    assert (
+        compare.to_markdown(table)
+        .splitlines()[0]
+        .startswith("| rank | run | status | optimizer.learning_rate")
+    )
