@@ -11,6 +11,7 @@ This module imports neither TensorFlow nor MLflow, so ``--help`` and ``--cfg job
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -21,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from src.errors import PipelineError
+from src.uris import mask_uri
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -189,11 +191,24 @@ _RULES = (
     _Rule("trainer.verbose", lambda v: v in (0, 1, 2), "0, 1 or 2"),
     _Rule("tracking.experiment", lambda v: bool(v.strip()), "a non-empty name"),
     _Rule(
+        "tracking.uri",
+        lambda v: v is None or re.match(_TRACKING_SCHEMES, v) is not None,
+        "unset (the project's store) or a tracking URI such as sqlite:////abs/path/mlflow.db "
+        "or http://127.0.0.1:5000",
+    ),
+    _Rule("data.cache_dir", lambda v: bool(v.strip()), "a folder"),
+    _Rule("data.url", lambda v: v.startswith(("https://", "http://", "file://")), "an http(s) URL"),
+    _Rule("data.sha256", lambda v: re.fullmatch("[0-9a-fA-F]{64}", v) is not None, "64 hex digits"),
+    _Rule(
         "optimized_metric",
         lambda v: v in ("val_accuracy", "val_loss", "accuracy", "loss", "test_accuracy"),
         "one of val_accuracy, val_loss, accuracy, loss, test_accuracy",
     ),
 )
+
+
+# The schemes of MLflow's tracking stores (plain folders are refused by MLflow 3).
+_TRACKING_SCHEMES = r"^(sqlite|https?|postgresql|mysql|mssql|databricks)(\+[a-z0-9]+)?://"
 
 
 def validate(cfg: DictConfig) -> None:
@@ -207,7 +222,8 @@ def validate(cfg: DictConfig) -> None:
         if value is _ABSENT:
             continue
         if not rule.check(value):
-            raise ConfigError(f"{rule.key}={value} is not allowed: it must be {rule.allowed}")
+            shown = mask_uri(value) if isinstance(value, str) else value
+            raise ConfigError(f"{rule.key}={shown} is not allowed: it must be {rule.allowed}")
 
     limit, val_fraction = cfg.data.limit, cfg.data.val_fraction
     if limit is not None and int(limit * val_fraction) < 1:

@@ -109,7 +109,9 @@ class SweepTracker(Callback):
         _exit_on_error(self._finish, config)
 
     def _start(self, config: DictConfig) -> None:
-        from src import tracking
+        from src import signals, tracking
+
+        signals.install()
         from src.schema import validate
 
         # The settings shared by every job are checked before anything is recorded.
@@ -148,7 +150,7 @@ class SweepTracker(Callback):
             )
         )
         verb = "Resuming" if resume_id else "Starting"
-        print(f"{verb} sweep {self._parent_run_id} ({uri})", file=sys.stderr)
+        print(f"{verb} sweep {self._parent_run_id} ({tracking.mask_uri(uri)})", file=sys.stderr)
 
     def _finish(self, config: DictConfig) -> None:
         from src import compare, report, tracking
@@ -213,9 +215,9 @@ class SweepTracker(Callback):
     def _close_if_still_open(self) -> None:
         if self._uri is None or self._parent_run_id is None:
             return
-        from src import tracking
+        from src import signals, tracking
 
-        interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+        interrupted = signals.received is not None
         try:
             tracking.end_run(self._uri, self._parent_run_id, "KILLED" if interrupted else "FAILED")
         except Exception as error:  # At exit, report rather than raise.

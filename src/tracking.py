@@ -3,11 +3,18 @@ callback, artifacts and the model. Nothing else imports mlflow."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import json
+import os
 import re
 import subprocess
+import sys
 import time
 import traceback
+import urllib.error
+import urllib.parse
+import urllib.request
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -17,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
+import requests
 from matplotlib.figure import Figure
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
@@ -28,6 +36,7 @@ from mlflow.types.schema import Schema, TensorSpec
 
 from src.errors import PipelineError
 from src.schema import PROJECT_ROOT
+from src.uris import mask_uri, without_credentials
 
 if TYPE_CHECKING:
     import keras
@@ -68,7 +77,7 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
 def ui_hint(uri: str) -> str:
     """How to look at the runs of this store."""
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
+        return f"open {without_credentials(uri)} in a browser"
     if uri == resolve_uri(None):
         return "run `make ui` and open http://127.0.0.1:5000"
     return (
@@ -140,7 +149,8 @@ class EpochMetricsLogger:
     after every epoch, with ``step`` the epoch number (1, 2, ...), and keeps them in
     ``history``. ``callback()`` gives the Keras callback that feeds it."""
 
-    def __init__(self) -> None:
+    def __init__(self, run: Run) -> None:
+        self.run = run
         self.history: dict[str, list[float]] = {}
         self._started = 0.0
 
@@ -153,7 +163,7 @@ class EpochMetricsLogger:
         metrics["epoch_seconds"] = time.perf_counter() - self._started
         for name, value in metrics.items():
             self.history.setdefault(name, []).append(value)
-        mlflow.log_metrics(metrics, step=epoch + 1)
+        self.run.log_metrics(metrics, step=epoch + 1)
 
     def callback(self) -> keras.callbacks.Callback:
         import keras  # Imported here so that the rest of this module does not need Keras.
@@ -171,27 +181,90 @@ class EpochMetricsLogger:
         return EpochMetrics()
 
 
-class Run:
-    """The open MLflow run of one training job."""
+# What a lost tracking server looks like from here: the client's own errors, or the network's.
+UNREACHABLE = (MlflowException, requests.exceptions.RequestException, OSError)
 
-    def __init__(self, run_id: str, uri: str) -> None:
+
+class Run:
+    """The open MLflow run of one training job.
+
+    Every record goes to the store as it is made. If the store stops answering (a tracking
+    server that died), the run goes offline: this and every later record is written to a
+    journal in ``offline_dir`` instead, to be uploaded later with ``python -m src.replay``,
+    so nothing recorded is lost and training carries on.
+    """
+
+    def __init__(self, run_id: str, uri: str, offline_dir: Path) -> None:
         self.run_id = run_id
         self.uri = uri
         self.model_uri: str | None = None
+        self.offline_dir = offline_dir
+        self.journal: Path | None = None  # Set once the run has gone offline.
+        self._client = MlflowClient(uri)
+
+    def _send(self, record: dict[str, Any], send: Any) -> bool:
+        """Send one record, or journal it if the store is unreachable. True if it was sent."""
+        if self.journal is None:
+            try:
+                send()
+                return True
+            except UNREACHABLE as error:
+                self._go_offline(error)
+        self._write(record)
+        return False
+
+    def _go_offline(self, error: BaseException) -> None:
+        self.offline_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = self.offline_dir / f"offline-{self.run_id}.jsonl"
+        self._write({"op": "run", "run_id": self.run_id, "uri": mask_uri(self.uri)})
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        print(
+            f"warning: the tracking store {mask_uri(self.uri)} stopped answering ({reason[:300]}); "
+            f"training goes on and the rest of this run is written to {self.journal}",
+            file=sys.stderr,
+        )
+
+    def _write(self, record: Mapping[str, Any]) -> None:
+        assert self.journal is not None
+        with self.journal.open("a") as stream:
+            stream.write(json.dumps(record) + "\n")
+
+    def _local_copy(self, artifact_file: str) -> Path:
+        path = self.offline_dir / f"offline-{self.run_id}-files" / artifact_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        mlflow.log_params({key: _param_value(value) for key, value in params.items()})
+        values = {key: str(_param_value(value)) for key, value in params.items()}
+        self._send(
+            {"op": "params", "params": values},
+            lambda: self._client.log_batch(
+                self.run_id, params=[Param(key, value) for key, value in values.items()]
+            ),
+        )
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        values = {key: str(value) for key, value in tags.items()}
+        self._send(
+            {"op": "tags", "tags": values},
+            lambda: self._client.log_batch(
+                self.run_id, tags=[RunTag(key, value) for key, value in values.items()]
+            ),
+        )
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        stamp = int(time.time() * 1000)
+        values = {name: float(value) for name, value in metrics.items()}
+        self._send(
+            {"op": "metrics", "metrics": values, "step": step, "timestamp": stamp},
+            lambda: self._client.log_batch(
+                self.run_id,
+                metrics=[Metric(name, value, stamp, step) for name, value in values.items()],
+            ),
+        )
 
     def log_dataset(self, record: DatasetRecord) -> None:
-        with warnings.catch_warnings():
-            # A local path matches several equivalent source types; MLflow picks one and warns.
-            warnings.simplefilter("ignore", UserWarning)
-            source = resolve_dataset_source(record.source)
-        dataset = MetaDataset(  # type: ignore[abstract]
-            source=source, name=record.name, digest=record.sha256[:16]
-        )
-        mlflow.log_input(dataset, context="training")
-        mlflow.set_tags(
+        self.set_tags(
             {
                 "dataset.name": record.name,
                 "dataset.source": record.source,
@@ -200,44 +273,108 @@ class Run:
                 f"test={record.test_size}",
             }
         )
-
-    def log_metrics(self, metrics: Mapping[str, float]) -> None:
-        mlflow.log_metrics(dict(metrics))
+        with warnings.catch_warnings():
+            # A local path matches several equivalent source types; MLflow picks one and warns.
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(record.source)
+        dataset = MetaDataset(  # type: ignore[abstract]
+            source=source, name=record.name, digest=record.sha256[:16]
+        )
+        # The tags above carry the same facts, so an offline run journals nothing more here.
+        self._send({"op": "noop"}, lambda: mlflow.log_input(dataset, context="training"))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        mlflow.log_text(text, artifact_file)
+        def journal_copy() -> None:
+            self._local_copy(artifact_file).write_text(text)
+
+        self._artifact(
+            artifact_file,
+            lambda: self._client.log_text(self.run_id, text, artifact_file),
+            journal_copy,
+        )
 
     def log_figure(self, figure: Figure, artifact_file: str) -> None:
-        mlflow.log_figure(figure, artifact_file)
+        def journal_copy() -> None:
+            figure.savefig(self._local_copy(artifact_file))
 
-    def log_model(self, model: keras.Model) -> str:
+        self._artifact(
+            artifact_file,
+            lambda: self._client.log_figure(self.run_id, figure, artifact_file),
+            journal_copy,
+        )
+
+    def _artifact(self, artifact_file: str, send: Any, journal_copy: Any) -> None:
+        record = {"op": "artifact", "path": artifact_file}
+        if self.journal is None:
+            try:
+                send()
+                return
+            except UNREACHABLE as error:
+                self._go_offline(error)
+        journal_copy()
+        self._write(record)
+
+    def log_model(self, model: keras.Model) -> str | None:
         """Log the model with MLflow's Keras flavor, in Keras's native format, with a signature:
         float32 images (n, 28, 28, 1) in, class probabilities (n, 10) out. Returns its URI and
-        tags the run with it as ``model_uri``."""
-        input_shape = (-1, *model.input_shape[1:])
-        output_shape = (-1, *model.output_shape[1:])
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.float32), input_shape, "image")]),
-            outputs=Schema([TensorSpec(np.dtype(np.float32), output_shape, "probabilities")]),
-        )
-        info = mlflow.keras.log_model(
-            model,
-            name=MODEL_NAME,
-            signature=signature,
-            # Explicit requirements: inferring them costs seconds per run.
-            pip_requirements=[
-                f"{package}=={importlib.metadata.version(package)}"
-                for package in ("mlflow", "keras", "tensorflow")
-            ],
-        )
-        self.model_uri = info.model_uri
-        mlflow.set_tag("model_uri", info.model_uri)
-        return info.model_uri
+        tags the run with it as ``model_uri`` (None if the run is offline: the model is then
+        saved beside the journal)."""
+        if self.journal is None:
+            try:
+                info = mlflow.keras.log_model(
+                    model,
+                    name=MODEL_NAME,
+                    signature=model_signature(model),
+                    pip_requirements=model_requirements(),
+                )
+                self.model_uri = info.model_uri
+                self.set_tags({"model_uri": info.model_uri})
+                return info.model_uri
+            except UNREACHABLE as error:
+                self._go_offline(error)
+        path = self._local_copy("model.keras")
+        model.save(path)
+        self._write({"op": "model", "path": str(path)})
+        return None
+
+    def end(self, status: str) -> None:
+        """Close the run, through the fluent API that opened it."""
+        try:
+            if self.journal is not None:
+                raise MlflowException("the run is offline")
+            mlflow.end_run(status)
+        except UNREACHABLE:
+            # Clear the fluent API's record of the active run, whatever the store said.
+            while mlflow.active_run() is not None:
+                with contextlib.suppress(*UNREACHABLE):
+                    mlflow.end_run(status)
+            if self.journal is None:
+                self._go_offline(MlflowException("could not close the run"))
+            self._write({"op": "end", "status": status})
+
+
+def model_signature(model: keras.Model) -> ModelSignature:
+    input_shape = (-1, *model.input_shape[1:])
+    output_shape = (-1, *model.output_shape[1:])
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), input_shape, "image")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), output_shape, "probabilities")]),
+    )
+
+
+def model_requirements() -> list[str]:
+    """Explicit requirements: inferring them costs seconds per run."""
+    return [
+        f"{package}=={importlib.metadata.version(package)}"
+        for package in ("mlflow", "keras", "tensorflow")
+    ]
 
 
 def _param_value(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return ",".join(str(item) for item in value)
+    if isinstance(value, str) and "://" in value:
+        return mask_uri(value)
     return "null" if value is None else value
 
 
@@ -247,26 +384,36 @@ def start_run(
     experiment: str,
     run_name: str,
     tags: Mapping[str, str],
+    offline_dir: Path,
 ) -> Iterator[Run]:
     """Open one run and close it with the status the job earned: FINISHED, FAILED (with the
     error as a tag and the traceback as an artifact) or KILLED on an interrupt."""
     tracking_uri, experiment_id = prepare_store(uri, experiment)
     mlflow.set_tracking_uri(tracking_uri)
     active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags))
-    run = Run(active.info.run_id, tracking_uri)
+    run = Run(active.info.run_id, tracking_uri, offline_dir)
     try:
         yield run
-    except KeyboardInterrupt:
-        mlflow.set_tag("error", "interrupted")
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+    except KeyboardInterrupt as error:
+        run.set_tags({"error": f"interrupted ({error})"})
+        run.end(RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException as error:
-        mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
-        mlflow.log_text(traceback.format_exc(), "error/traceback.txt")
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        run.set_tags(
+            {"error": f"{type(error).__name__}: {error}"[:5000], **getattr(error, "run_tags", {})}
+        )
+        run.log_text(traceback.format_exc(), "error/traceback.txt")
+        run.end(RunStatus.to_string(RunStatus.FAILED))
         raise
     else:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+        run.end(RunStatus.to_string(RunStatus.FINISHED))
+    if run.journal is not None:
+        print(
+            f"warning: part of run {run.run_id} could not reach {mask_uri(tracking_uri)} and is "
+            f"in {run.journal}; upload it when the store is back with:\n"
+            f"  python -m src.replay {run.journal}",
+            file=sys.stderr,
+        )
 
 
 def _ensure_sqlite_folder(uri: str) -> None:
@@ -320,6 +467,44 @@ class RunSummary:
     params: dict[str, str]
     metrics: dict[str, float]
     tags: dict[str, str]
+
+
+# A lost server should be reported in seconds, not after minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+_PROBE_TIMEOUT_S = 5
+
+
+def check_store(uri: str | None) -> None:
+    """Fail fast, with one line, if the store cannot be used: a SQLite folder that cannot be
+    written, or a server that does not answer (checked within a few seconds)."""
+    tracking_uri = resolve_uri(uri)
+    database = _sqlite_path(tracking_uri)
+    if database is not None:
+        folder = next((p for p in (database.parent, *database.parents) if p.exists()), None)
+        if folder is None or not os.access(folder, os.W_OK | os.X_OK):
+            raise TrackingError(
+                f"tracking.uri={tracking_uri}: {database.parent} cannot be written; "
+                "choose a folder you can write"
+            )
+        return
+    if tracking_uri.startswith(("http://", "https://")):
+        probe = (
+            without_credentials(tracking_uri).rstrip("/")
+            + "/api/2.0/mlflow/experiments/search?max_results=1"
+        )
+        try:
+            with urllib.request.urlopen(probe, timeout=_PROBE_TIMEOUT_S):
+                pass
+        except urllib.error.HTTPError:
+            pass  # It answered: authentication and the like are MLflow's to report.
+        except (OSError, ValueError) as error:
+            reason = getattr(error, "reason", error)
+            raise TrackingError(
+                f"tracking.uri={mask_uri(tracking_uri)}: no tracking server answers there "
+                f"({reason}); start it (mlflow server --host 127.0.0.1 --port PORT) or fix the URI"
+            ) from error
 
 
 def prepare_store(uri: str | None, experiment: str) -> tuple[str, str]:
@@ -450,3 +635,50 @@ def _summary(run: Any) -> RunSummary:
         metrics=dict(run.data.metrics),
         tags=dict(run.data.tags),
     )
+
+
+def replay_journal(journal: Path, uri: str | None = None) -> tuple[str, str]:
+    """Upload what an offline run wrote to ``journal`` (see :class:`Run`) into its run, then
+    close the run with the status it ended with. Returns the run id and that status."""
+    records = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+    if not records or records[0].get("op") != "run":
+        raise TrackingError(f"{journal}: not an offline run journal written by this project")
+    run_id = records[0]["run_id"]
+    tracking_uri = uri or records[0]["uri"]
+    client = MlflowClient(tracking_uri)
+    files = journal.parent / f"offline-{run_id}-files"
+    # A journal without an end record belongs to a process that died before closing its run.
+    status = RunStatus.to_string(RunStatus.FAILED)
+    for record in records[1:]:
+        op = record["op"]
+        if op == "params":
+            params = [Param(key, value) for key, value in record["params"].items()]
+            client.log_batch(run_id, params=params)
+        elif op == "tags":
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in record["tags"].items()])
+        elif op == "metrics":
+            stamp, step = record["timestamp"], record["step"]
+            metrics = [Metric(k, v, stamp, step) for k, v in record["metrics"].items()]
+            client.log_batch(run_id, metrics=metrics)
+        elif op == "artifact":
+            folder = str(Path(record["path"]).parent)
+            artifact_path = None if folder == "." else folder
+            client.log_artifact(run_id, str(files / record["path"]), artifact_path=artifact_path)
+        elif op == "model":
+            import keras
+
+            model = keras.saving.load_model(record["path"], safe_mode=True)
+            mlflow.set_tracking_uri(tracking_uri)
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.keras.log_model(
+                    model,
+                    name=MODEL_NAME,
+                    signature=model_signature(model),
+                    pip_requirements=model_requirements(),
+                )
+            client.set_tag(run_id, "model_uri", info.model_uri)
+        elif op == "end":
+            status = record["status"]
+    client.set_terminated(run_id, status=status)
+    journal.rename(journal.with_suffix(".uploaded"))
+    return run_id, status

@@ -16,12 +16,14 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from src import signals
 from src.errors import PipelineError
 from src.schema import ConfigError, LabelEncoding, register_configs, validate
 from src.sweep import (
@@ -54,11 +56,12 @@ def train(
     overrides that produced ``cfg`` (they name the run and are stored with it), ``sweep`` the
     sweep the job belongs to, if any."""
     validate(cfg)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter.
+    from src import data, tracking
+
+    # Check, before anything is read or recorded, that the store can be used.
+    tracking.check_store(cfg.tracking.uri)
     fingerprint = config_hash(cfg)
     if sweep is not None and sweep.resumed and not sweep.rerun:
-        from src import tracking
-
         uri = tracking.resolve_uri(cfg.tracking.uri)
         done = tracking.reusable_child_run(uri, sweep.parent_run_id, fingerprint)
         if done is not None:
@@ -68,18 +71,20 @@ def train(
             )
             return TrainResult(done.run_id, done.tags.get("model_uri"), done.metrics, reused=True)
 
-    import keras
-    import numpy as np
-    from hydra.utils import instantiate
-
-    from src import data, report, tracking
-
     # Load: the data is read and checked before anything is recorded.
     raw = data.load_mnist(
         cfg.data.dir, cfg.data.cache_dir, cfg.data.url, cfg.data.sha256, cfg.data.verify
     )
     one_hot = LabelEncoding(cfg.loss.label_encoding) is LabelEncoding.one_hot
     splits = data.prepare(raw, cfg.data.val_fraction, cfg.trainer.seed, one_hot, cfg.data.limit)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter.
+    import keras
+    import numpy as np
+    from hydra.utils import instantiate
+
+    from src import report
+    from src.divergence import divergence_guard
 
     # Build and compile.
     keras.utils.set_random_seed(cfg.trainer.seed)
@@ -102,7 +107,9 @@ def train(
     if commit:
         tags["git_commit"] = tags["mlflow.source.git.commit"] = commit
 
-    with tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment, run_name, tags) as run:
+    with tracking.start_run(
+        cfg.tracking.uri, cfg.tracking.experiment, run_name, tags, _output_dir()
+    ) as run:
         run.log_params(
             {**tracking.flatten(settings), "model.parameter_count": model.count_params()}
         )
@@ -123,7 +130,7 @@ def train(
         run.log_text("\n".join(summary) + "\n", "model_summary.txt")
 
         # Fit, with the per-epoch metrics recorded as they come.
-        epoch_metrics = tracking.EpochMetricsLogger()
+        epoch_metrics = tracking.EpochMetricsLogger(run)
         model.fit(
             splits.x_train,
             splits.y_train,
@@ -131,7 +138,7 @@ def train(
             epochs=cfg.trainer.epochs,
             shuffle=cfg.trainer.shuffle,
             validation_data=(splits.x_val, splits.y_val),
-            callbacks=[epoch_metrics.callback()],
+            callbacks=[divergence_guard(), epoch_metrics.callback()],
             verbose=cfg.trainer.verbose,
         )
 
@@ -142,7 +149,7 @@ def train(
             "test_loss": float(keras.ops.convert_to_numpy(loss(splits.y_test, probabilities))),
             "test_accuracy": float(np.mean(predicted == splits.test_labels)),
         }
-        run.log_metrics(test_metrics)
+        run.log_metrics(test_metrics, step=cfg.trainer.epochs)
 
         matrix = report.confusion_matrix(splits.test_labels, predicted)
         run.log_text(_matrix_csv(matrix), "evaluation/confusion_matrix.csv")
@@ -160,6 +167,13 @@ def train(
     result = TrainResult(run_id=run.run_id, model_uri=run.model_uri, metrics=metrics)
     _print_summary(cfg, result, tracking.ui_hint(run.uri))
     return result
+
+
+def _output_dir() -> Path:
+    """The job's own folder: Hydra's output folder, or the working directory outside Hydra."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path.cwd()
 
 
 def _matrix_csv(matrix: object) -> str:
@@ -187,10 +201,15 @@ def _print_summary(cfg: DictConfig, result: TrainResult, ui_hint: str) -> None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra's entry point: train, and return the metric a sweeper optimises."""
+    signals.install()
     overrides = list(HydraConfig.get().overrides.task)
     sweep = current_sweep()
     try:
         result = train(cfg, overrides, sweep)
+    except KeyboardInterrupt as error:
+        # The run is closed KILLED already; in a sweep the parent is closed at exit.
+        print(f"\nInterrupted ({error}): the run is recorded as KILLED.", file=sys.stderr)
+        sys.exit(signals.exit_code(error))
     except Exception as error:
         if sweep is None:
             if isinstance(error, PipelineError):

@@ -1,0 +1,182 @@
+"""Honest run status under failure: interrupts, divergence, a tracking server that dies, and
+many parallel writers into one SQLite store."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from src.divergence import DivergedError
+from src.train import train
+from tests.conftest import FIXTURE_DIR
+from tests.mlflow_server import MlflowServer
+from tests.test_sweep import runs_of, sweep
+
+pytestmark = pytest.mark.slow
+
+
+def start_training(
+    tmp_path: Path, *overrides: str, multirun: bool = False
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "src.train",
+            *(["-m", f"hydra.sweep.dir={tmp_path / 'sweep'}"] if multirun else []),
+            f"data.dir={FIXTURE_DIR}",
+            "trainer.verbose=0",
+            f"hydra.run.dir={tmp_path / 'hydra'}",
+            *overrides,
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_epoch(client: MlflowClient, process: subprocess.Popen[str], epoch: int) -> str:
+    """Wait until some run in the store has logged ``epoch``; return its id."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        try:
+            experiment = client.get_experiment_by_name("mnist-cnn")
+            if experiment is not None:
+                for run in client.search_runs([experiment.experiment_id]):
+                    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+                    if epoch in steps:
+                        return str(run.info.run_id)
+        except Exception:  # The store may not exist yet, or be mid-write.
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"no run reached epoch {epoch}")
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_run_ends_killed_with_its_finished_epochs(tmp_path, signum, code):
+    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    process = start_training(tmp_path, "trainer.epochs=30", f"tracking.uri={store}")
+    client = MlflowClient(store)
+    run_id = wait_for_epoch(client, process, 1)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr[-3000:]
+    assert "recorded as KILLED" in stderr
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "val_accuracy"))
+    assert steps and steps == list(range(1, len(steps) + 1)) and len(steps) < 30
+    for name in ("loss", "accuracy", "val_loss", "learning_rate", "epoch_seconds"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, name)) == steps, name
+
+
+def test_an_interrupted_sweep_ends_killed_parent_and_job(tmp_path):
+    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    process = start_training(
+        tmp_path, "trainer.epochs=30", f"tracking.uri={store}", "trainer.seed=1,2", multirun=True
+    )
+    client = MlflowClient(store)
+    wait_for_epoch(client, process, 1)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=120)
+    assert process.returncode == 130
+    _, [parent], jobs = runs_of(tmp_path)
+    assert parent.info.status == "KILLED"
+    assert [run.info.status for run in jobs] == ["KILLED"]
+
+
+def test_a_diverging_run_stops_at_once_and_fails(tiny_config, store_uri):
+    cfg = tiny_config("optimizer=sgd", "optimizer.learning_rate=1e12", "trainer.epochs=5")
+    with pytest.raises(DivergedError, match=r"training diverged: the loss became nan at epoch 1"):
+        train(cfg)
+    client = MlflowClient(store_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("mnist-cnn").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["diverged"] == "true"
+    assert run.data.tags["diverged_epoch"] == "1"
+    assert client.get_metric_history(run.info.run_id, "loss") == []  # Stopped inside epoch 1.
+
+
+def test_a_diverging_job_fails_while_the_sweep_goes_on(tmp_path):
+    result = sweep(tmp_path, "optimizer=sgd", "optimizer.learning_rate=0.01,1e12")
+    assert result.returncode == 1
+    assert "job 1 (optimizer.learning_rate=1000000000000.0)" in result.stderr.strip().splitlines()[-1]
+    _, [parent], jobs = runs_of(tmp_path)
+    assert sorted(run.info.status for run in jobs) == ["FAILED", "FINISHED"]
+    [failed] = [run for run in jobs if run.info.status == "FAILED"]
+    assert failed.data.tags["diverged"] == "true"
+    assert parent.data.metrics["jobs_failed"] == 1
+
+
+def test_a_dead_tracking_server_loses_nothing(tmp_path):
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        process = start_training(
+            tmp_path, "trainer.epochs=6", f"tracking.uri={server.url}", "data.limit=1000"
+        )
+        client = MlflowClient(server.url)
+        run_id = wait_for_epoch(client, process, 1)
+        server.stop(signal.SIGKILL)
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+        assert "stopped answering" in stderr
+        [journal] = (tmp_path / "hydra").glob("offline-*.jsonl")
+        assert f"python -m src.replay {journal}" in stderr
+
+        # The server comes back on the same store; the journal is uploaded into the run.
+        server = MlflowServer(tmp_path / "server", port=server.port).start()
+        replay = subprocess.run(
+            [sys.executable, "-m", "src.replay", str(journal)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert replay.returncode == 0, replay.stderr[-3000:]
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        for name in ("loss", "val_accuracy", "epoch_seconds"):
+            steps = sorted(m.step for m in client.get_metric_history(run_id, name))
+            assert steps == [1, 2, 3, 4, 5, 6], name
+        assert "test_accuracy" in run.data.metrics
+        assert run.data.tags["model_uri"].startswith("models:/")
+        paths = {item.path for item in client.list_artifacts(run_id, "evaluation")}
+        assert "evaluation/confusion_matrix.csv" in paths
+        assert not journal.exists() and journal.with_suffix(".uploaded").exists()
+    finally:
+        server.stop()
+
+
+def test_twelve_jobs_on_four_workers_lose_nothing(tmp_path):
+    result = sweep(
+        tmp_path,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=4",
+        "trainer.epochs=2",
+        "data.limit=200",
+        "trainer.seed=range(12)",
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "locked" not in result.stderr
+    client, [parent], jobs = runs_of(tmp_path)
+    assert len(jobs) == 12 and parent.data.metrics["jobs_finished"] == 12
+    for run in jobs:
+        assert run.info.status == "FINISHED"
+        for name in (
+            "loss",
+            "accuracy",
+            "val_loss",
+            "val_accuracy",
+            "learning_rate",
+            "epoch_seconds",
+        ):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2]
+        assert {"test_loss", "test_accuracy"} <= set(run.data.metrics)
