@@ -222,7 +222,9 @@ def validate(cfg: DictConfig) -> None:
         if value is _ABSENT:
             continue
         if not rule.check(value):
-            shown = mask_uri(value) if isinstance(value, str) else value
+            shown = value
+            if isinstance(value, str):
+                shown = mask_uri(value) if value.strip() else repr(value)
             raise ConfigError(f"{rule.key}={shown} is not allowed: it must be {rule.allowed}")
 
     limit, val_fraction = cfg.data.limit, cfg.data.val_fraction

@@ -417,14 +417,18 @@ def start_run(
 
 
 def _ensure_sqlite_folder(uri: str) -> None:
+    """Create the SQLite database's folder if needed; refuse one that cannot be written."""
     database = _sqlite_path(uri)
     if database is None:
         return
     try:
         database.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(database.parent, os.W_OK | os.X_OK):
+            raise PermissionError("permission denied")
     except OSError as error:
+        reason = error.strerror or str(error)
         raise TrackingError(
-            f"tracking.uri={uri}: cannot create {database.parent} ({error}); "
+            f"tracking.uri={uri}: {database.parent} cannot be written ({reason}); "
             "choose a folder you can write"
         ) from error
 
@@ -480,14 +484,8 @@ def check_store(uri: str | None) -> None:
     """Fail fast, with one line, if the store cannot be used: a SQLite folder that cannot be
     written, or a server that does not answer (checked within a few seconds)."""
     tracking_uri = resolve_uri(uri)
-    database = _sqlite_path(tracking_uri)
-    if database is not None:
-        folder = next((p for p in (database.parent, *database.parents) if p.exists()), None)
-        if folder is None or not os.access(folder, os.W_OK | os.X_OK):
-            raise TrackingError(
-                f"tracking.uri={tracking_uri}: {database.parent} cannot be written; "
-                "choose a folder you can write"
-            )
+    if _sqlite_path(tracking_uri) is not None:
+        _ensure_sqlite_folder(tracking_uri)
         return
     if tracking_uri.startswith(("http://", "https://")):
         probe = (

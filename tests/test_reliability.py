@@ -108,7 +108,9 @@ def test_a_diverging_run_stops_at_once_and_fails(tiny_config, store_uri):
 def test_a_diverging_job_fails_while_the_sweep_goes_on(tmp_path):
     result = sweep(tmp_path, "optimizer=sgd", "optimizer.learning_rate=0.01,1e12")
     assert result.returncode == 1
-    assert "job 1 (optimizer.learning_rate=1000000000000.0)" in result.stderr.strip().splitlines()[-1]
+    assert (
+        "job 1 (optimizer.learning_rate=1000000000000.0)" in result.stderr.strip().splitlines()[-1]
+    )
     _, [parent], jobs = runs_of(tmp_path)
     assert sorted(run.info.status for run in jobs) == ["FAILED", "FINISHED"]
     [failed] = [run for run in jobs if run.info.status == "FAILED"]
