@@ -26,6 +26,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from src.uris import mask_overrides
+
 SWEEP_FILE = "sweep.json"
 RESULT_FILE = "job_result.json"
 # Settings that change where a job's records go or how it prints, not what it trains.
@@ -116,7 +118,7 @@ class SweepTracker(Callback):
 
         # The settings shared by every job are checked before anything is recorded.
         validate(OmegaConf.masked_copy(config, [str(key) for key in config if key != "hydra"]))
-        sweep_overrides = list(config.hydra.overrides.task)
+        sweep_overrides = mask_overrides(list(config.hydra.overrides.task))
         uri, experiment_id = tracking.prepare_store(config.tracking.uri, config.tracking.experiment)
         fingerprint = _sweep_fingerprint(config, sweep_overrides)
         resume_id = None

@@ -34,6 +34,7 @@ from src.sweep import (
     job_metric,
     write_job_result,
 )
+from src.uris import mask_overrides, mask_uri
 
 register_configs()
 
@@ -93,6 +94,10 @@ def train(
     model.compile(optimizer=instantiate(cfg.optimizer), loss=loss, metrics=["accuracy"])
 
     settings = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    # What is recorded never holds a password from a tracking URI.
+    if settings["tracking"]["uri"]:
+        settings["tracking"]["uri"] = mask_uri(settings["tracking"]["uri"])
+    overrides = mask_overrides(list(overrides))
     run_name = cfg.tracking.run_name or tracking.run_name_from_overrides(overrides)
     tags = {"overrides": " ".join(overrides) or "(none)", "config_hash": fingerprint}
     if sweep is not None:
@@ -202,7 +207,7 @@ def _print_summary(cfg: DictConfig, result: TrainResult, ui_hint: str) -> None:
 def main(cfg: DictConfig) -> float:
     """Hydra's entry point: train, and return the metric a sweeper optimises."""
     signals.install()
-    overrides = list(HydraConfig.get().overrides.task)
+    overrides = mask_overrides(list(HydraConfig.get().overrides.task))
     sweep = current_sweep()
     try:
         result = train(cfg, overrides, sweep)

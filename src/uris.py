@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import urllib.parse
 
 
@@ -23,3 +25,23 @@ def without_credentials(uri: str) -> str:
     if parts.port is not None:
         netloc += f":{parts.port}"
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def mask_overrides(overrides: list[str]) -> list[str]:
+    """Command-line overrides as they may be recorded: URIs in them masked (also in the form
+    Hydra gives a sweep's jobs, with ``:`` escaped as ``\\:``)."""
+    return [_CREDENTIALS.sub(r"\1***@", override) for override in overrides]
+
+
+# user:password@ after a scheme, also as Hydra prints overrides (with ":" escaped as "\:").
+_CREDENTIALS = re.compile(r"(://[^\s:/@]+\\?:)[^\s@/]+@")
+
+
+class MaskingFilter(logging.Filter):
+    """A logging filter that masks passwords in URIs (Hydra logs every job's overrides)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "://" in message:
+            record.msg, record.args = _CREDENTIALS.sub(r"\1***@", message), ()
+        return True

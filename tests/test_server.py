@@ -24,11 +24,14 @@ def server(tmp_path: Path) -> Iterator[MlflowServer]:
 
 
 def test_two_job_sweep_against_a_real_tracking_server(tmp_path, server):
+    # Credentials in the URI (this server ignores them) must never be recorded or printed.
+    with_password = server.url.replace("http://", "http://alice:s3cret-token@")
     result = sweep(
-        tmp_path, "optimizer=adam,sgd", f"tracking.uri={server.url}", "tracking.log_model=true"
+        tmp_path, "optimizer=adam,sgd", f"tracking.uri={with_password}", "tracking.log_model=true"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (tmp_path / "store").exists()  # Nothing went to a local store.
+    assert "s3cret" not in result.stdout + result.stderr
 
     client = MlflowClient(server.url)
     experiment = client.get_experiment_by_name("mnist-cnn")
@@ -47,6 +50,13 @@ def test_two_job_sweep_against_a_real_tracking_server(tmp_path, server):
         model = mlflow.pyfunc.load_model(run.data.tags["model_uri"])
         probabilities = np.asarray(model.predict(np.zeros((3, 28, 28, 1), dtype=np.float32)))
         assert probabilities.shape == (3, 10)
+        recorded = [*run.data.params.values(), *run.data.tags.values(), run.info.run_name]
+        assert not [value for value in recorded if "s3cret" in value]
+        assert run.data.params["tracking.uri"] == with_password.replace("s3cret-token", "***")
+        config = Path(client.download_artifacts(run.info.run_id, "config", str(tmp_path)))
+        assert "s3cret" not in (config / "config.yaml").read_text()
+        assert "s3cret" not in (config / "overrides.yaml").read_text()
+    assert not [value for value in parent.data.tags.values() if "s3cret" in value]
     comparison = client.list_artifacts(parent.info.run_id, "comparison")
     assert len(comparison) == 3
     # The artifacts were uploaded through the server into its own artifact root.

@@ -35,3 +35,23 @@ def test_local_artifacts_sit_beside_the_database(tmp_path):
     location = tracking._artifact_location(f"sqlite:///{tmp_path}/db/mlflow.db", "my exp/1")
     assert location == (tmp_path / "db" / "artifacts" / "my_exp_1").as_uri()
     assert tracking._artifact_location("http://127.0.0.1:5000", "x") is None
+
+
+def test_passwords_in_uris_are_masked_everywhere_they_are_shown():
+    import logging
+
+    from src.uris import MaskingFilter, mask_overrides, mask_uri
+
+    assert mask_uri("http://bob:pw@10.0.0.1:5000/x") == "http://bob:***@10.0.0.1:5000/x"
+    assert mask_uri("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    assert mask_overrides(["tracking.uri=https://bob:pw@host", "optimizer=sgd"]) == [
+        "tracking.uri=https://bob:***@host",
+        "optimizer=sgd",
+    ]
+    # Hydra escapes ':' in the overrides it hands a sweep's jobs.
+    assert mask_overrides([r"tracking.uri=http\://bob\:pw@host\:5000"]) == [
+        r"tracking.uri=http\://bob\:***@host\:5000"
+    ]
+    record = logging.LogRecord("hydra", logging.INFO, "", 0, "#0 : %s", ("x=http://a:pw@h",), None)
+    MaskingFilter().filter(record)
+    assert record.getMessage() == "#0 : x=http://a:***@h"

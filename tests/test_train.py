@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
@@ -91,6 +93,20 @@ def test_logged_model_loads_and_predicts_probabilities(tiny_config, store_uri):
     # The loaded model is the trained one: it agrees with the labels as often as the run said.
     hits = np.mean(probabilities.argmax(axis=1) == raw.test_labels[:20])
     assert hits > 0.3
+
+
+def test_the_model_is_stored_in_keras_native_format_and_loads_safely(tiny_config, store_uri):
+    import keras
+    import mlflow
+
+    result = train(tiny_config())
+    mlflow.set_tracking_uri(store_uri)
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=result.model_uri))
+    [saved] = list(folder.rglob("*.keras"))
+    assert not list(folder.rglob("*.pb"))  # No TensorFlow SavedModel.
+    assert "save_exported_model: false" in (folder / "MLmodel").read_text()
+    model = keras.saving.load_model(saved, safe_mode=True)
+    assert model.count_params() == 1_630_090
 
 
 def test_categorical_loss_trains_on_one_hot_labels(tiny_config, store_uri):
