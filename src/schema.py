@@ -112,6 +112,8 @@ class TrainerConfig:
 
 @dataclass
 class TrackingConfig:
+    # False: a dry run; nothing is recorded and MLflow is not even imported.
+    enabled: bool = True
     # None: the project's SQLite store in <repo>/mlruns. Otherwise any MLflow tracking URI,
     # e.g. sqlite:////abs/path/mlflow.db or http://127.0.0.1:5000.
     uri: str | None = None

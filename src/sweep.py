@@ -111,20 +111,22 @@ class SweepTracker(Callback):
         _exit_on_error(self._finish, config)
 
     def _start(self, config: DictConfig) -> None:
-        from src import signals, tracking
+        from src import records, signals, tracking
 
         signals.install()
         from src.schema import validate
 
         # The settings shared by every job are checked before anything is recorded.
         validate(OmegaConf.masked_copy(config, [str(key) for key in config if key != "hydra"]))
+        if not config.tracking.enabled:
+            return  # A dry sweep: no parent run; each job runs as a dry run.
         sweep_overrides = mask_overrides(list(config.hydra.overrides.task))
         uri, experiment_id = tracking.prepare_store(config.tracking.uri, config.tracking.experiment)
         fingerprint = _sweep_fingerprint(config, sweep_overrides)
         resume_id = None
         if not config.sweep.rerun:
             resume_id = tracking.find_sweep_to_resume(uri, experiment_id, fingerprint)
-        name = "sweep: " + (tracking.run_name_from_overrides(sweep_overrides) or "defaults")
+        name = "sweep: " + (records.run_name_from_overrides(sweep_overrides) or "defaults")
         self._uri = uri
         self._parent_run_id = tracking.start_sweep_run(
             uri,
@@ -157,6 +159,8 @@ class SweepTracker(Callback):
     def _finish(self, config: DictConfig) -> None:
         from src import compare, report, tracking
 
+        if not config.tracking.enabled:
+            return
         if self._uri is None or self._parent_run_id is None:
             raise RuntimeError("the sweep's parent run was never opened")
         uri, parent = self._uri, self._parent_run_id

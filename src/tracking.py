@@ -8,7 +8,6 @@ import importlib.metadata
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 import traceback
@@ -16,7 +15,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,9 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
 from src.errors import PipelineError
+from src.records import (
+    DatasetRecord,
+)
 from src.schema import PROJECT_ROOT
 from src.uris import mask_uri, without_credentials
 
@@ -43,8 +45,6 @@ if TYPE_CHECKING:
 
 DEFAULT_STORE_DIR = PROJECT_ROOT / "mlruns"
 MODEL_NAME = "model"
-# Overrides that say where things go rather than what is trained; left out of run names.
-_NOT_IN_RUN_NAME = ("tracking.", "data.dir", "data.cache_dir", "hydra.", "trainer.verbose")
 
 
 class TrackingError(PipelineError, RuntimeError):
@@ -85,102 +85,6 @@ def ui_hint(uri: str) -> str:
     )
 
 
-def run_name_from_overrides(overrides: Sequence[str]) -> str:
-    """A short, readable name such as ``sgd,categorical,epochs=2`` from the command line's
-    overrides (``defaults`` when there are none)."""
-    parts = []
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        if key.startswith(_NOT_IN_RUN_NAME):
-            continue
-        value = _short_number(value)
-        parts.append(value if "." not in key else f"{key.rsplit('.', 1)[-1]}={value}")
-    return ",".join(parts)[:250] or "defaults"
-
-
-def _short_number(value: str) -> str:
-    """``0.03142880890840111`` -> ``0.03143``: sweepers' sampled values, readable."""
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    return value if len(value) <= 8 else f"{number:.4g}"
-
-
-def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested settings as dotted keys: ``{"optimizer": {"name": "sgd"}}`` -> ``optimizer.name``."""
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, prefix=f"{dotted}."))
-        else:
-            flat[dotted] = value
-    return flat
-
-
-def git_commit() -> str | None:
-    """The checkout's commit, if the project runs from a git checkout."""
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None
-
-
-@dataclass(frozen=True)
-class DatasetRecord:
-    name: str
-    source: str
-    sha256: str
-    train_size: int
-    val_size: int
-    test_size: int
-
-
-class EpochMetricsLogger:
-    """Logs loss, accuracy, val_loss, val_accuracy, the learning rate and the epoch's seconds
-    after every epoch, with ``step`` the epoch number (1, 2, ...), and keeps them in
-    ``history``. ``callback()`` gives the Keras callback that feeds it."""
-
-    def __init__(self, run: Run) -> None:
-        self.run = run
-        self.history: dict[str, list[float]] = {}
-        self._started = 0.0
-
-    def epoch_started(self) -> None:
-        self._started = time.perf_counter()
-
-    def epoch_ended(self, epoch: int, logs: Mapping[str, Any], learning_rate: float) -> None:
-        metrics = {name: float(value) for name, value in logs.items()}
-        metrics["learning_rate"] = learning_rate
-        metrics["epoch_seconds"] = time.perf_counter() - self._started
-        for name, value in metrics.items():
-            self.history.setdefault(name, []).append(value)
-        self.run.log_metrics(metrics, step=epoch + 1)
-
-    def callback(self) -> keras.callbacks.Callback:
-        import keras  # Imported here so that the rest of this module does not need Keras.
-
-        logger = self
-
-        class EpochMetrics(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-                logger.epoch_started()
-
-            def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-                learning_rate = float(np.asarray(self.model.optimizer.learning_rate))
-                logger.epoch_ended(epoch, logs or {}, learning_rate)
-
-        return EpochMetrics()
-
-
 # What a lost tracking server looks like from here: the client's own errors, or the network's.
 UNREACHABLE = (MlflowException, requests.exceptions.RequestException, OSError)
 
@@ -193,6 +97,8 @@ class Run:
     journal in ``offline_dir`` instead, to be uploaded later with ``python -m src.replay``,
     so nothing recorded is lost and training carries on.
     """
+
+    records_artifacts = True
 
     def __init__(self, run_id: str, uri: str, offline_dir: Path) -> None:
         self.run_id = run_id

@@ -12,6 +12,7 @@ a sweeper optimises. TensorFlow and MLflow are imported inside ``train`` so that
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -44,7 +45,7 @@ _EVALUATION_BATCH_SIZE = 512
 
 @dataclass(frozen=True)
 class TrainResult:
-    run_id: str
+    run_id: str | None  # None for a dry run (tracking.enabled=false)
     model_uri: str | None
     metrics: dict[str, float] = field(default_factory=dict)
     reused: bool = False  # True: an interrupted sweep's finished run, not trained again
@@ -57,10 +58,13 @@ def train(
     overrides that produced ``cfg`` (they name the run and are stored with it), ``sweep`` the
     sweep the job belongs to, if any."""
     validate(cfg)
-    from src import data, tracking
+    from src import data, records
 
-    # Check, before anything is read or recorded, that the store can be used.
-    tracking.check_store(cfg.tracking.uri)
+    if cfg.tracking.enabled:
+        from src import tracking
+
+        # Check, before anything is read or recorded, that the store can be used.
+        tracking.check_store(cfg.tracking.uri)
     fingerprint = config_hash(cfg)
     if sweep is not None and sweep.resumed and not sweep.rerun:
         uri = tracking.resolve_uri(cfg.tracking.uri)
@@ -84,7 +88,6 @@ def train(
     import numpy as np
     from hydra.utils import instantiate
 
-    from src import report
     from src.divergence import divergence_guard
 
     # Build and compile.
@@ -98,28 +101,29 @@ def train(
     if settings["tracking"]["uri"]:
         settings["tracking"]["uri"] = mask_uri(settings["tracking"]["uri"])
     overrides = mask_overrides(list(overrides))
-    run_name = cfg.tracking.run_name or tracking.run_name_from_overrides(overrides)
+    run_name = cfg.tracking.run_name or records.run_name_from_overrides(overrides)
     tags = {"overrides": " ".join(overrides) or "(none)", "config_hash": fingerprint}
     if sweep is not None:
         tags.update(
             {
-                tracking.PARENT_TAG: sweep.parent_run_id,
+                "mlflow.parentRunId": sweep.parent_run_id,
                 "sweep_id": sweep.parent_run_id,
                 "sweep_job": str(sweep.job_number),
             }
         )
-    commit = tracking.git_commit()
+    commit = records.git_commit()
     if commit:
         tags["git_commit"] = tags["mlflow.source.git.commit"] = commit
 
-    with tracking.start_run(
-        cfg.tracking.uri, cfg.tracking.experiment, run_name, tags, _output_dir()
-    ) as run:
-        run.log_params(
-            {**tracking.flatten(settings), "model.parameter_count": model.count_params()}
-        )
+    recording = (
+        tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment, run_name, tags, _output_dir())
+        if cfg.tracking.enabled
+        else contextlib.nullcontext(records.DryRun())
+    )
+    with recording as run:
+        run.log_params({**records.flatten(settings), "model.parameter_count": model.count_params()})
         run.log_dataset(
-            tracking.DatasetRecord(
+            records.DatasetRecord(
                 name="mnist",
                 source=raw.source,
                 sha256=raw.sha256,
@@ -128,14 +132,15 @@ def train(
                 test_size=len(splits.x_test),
             )
         )
-        run.log_text(OmegaConf.to_yaml(settings), "config/config.yaml")
-        run.log_text(OmegaConf.to_yaml(list(overrides)), "config/overrides.yaml")
-        summary: list[str] = []
-        model.summary(print_fn=lambda line, **_: summary.append(line))
-        run.log_text("\n".join(summary) + "\n", "model_summary.txt")
+        if run.records_artifacts:
+            run.log_text(OmegaConf.to_yaml(settings), "config/config.yaml")
+            run.log_text(OmegaConf.to_yaml(list(overrides)), "config/overrides.yaml")
+            summary: list[str] = []
+            model.summary(print_fn=lambda line, **_: summary.append(line))
+            run.log_text("\n".join(summary) + "\n", "model_summary.txt")
 
         # Fit, with the per-epoch metrics recorded as they come.
-        epoch_metrics = tracking.EpochMetricsLogger(run)
+        epoch_metrics = records.EpochMetricsLogger(run)
         model.fit(
             splits.x_train,
             splits.y_train,
@@ -156,21 +161,27 @@ def train(
         }
         run.log_metrics(test_metrics, step=cfg.trainer.epochs)
 
-        matrix = report.confusion_matrix(splits.test_labels, predicted)
-        run.log_text(_matrix_csv(matrix), "evaluation/confusion_matrix.csv")
-        for figure, path in (
-            (report.plot_confusion_matrix(matrix), "evaluation/confusion_matrix.png"),
-            (report.plot_training_curves(epoch_metrics.history), "plots/training_curves.png"),
-        ):
-            run.log_figure(figure, path)
-            report.close(figure)
+        if run.records_artifacts:
+            from src import report
+
+            matrix = report.confusion_matrix(splits.test_labels, predicted)
+            run.log_text(_matrix_csv(matrix), "evaluation/confusion_matrix.csv")
+            for figure, path in (
+                (report.plot_confusion_matrix(matrix), "evaluation/confusion_matrix.png"),
+                (report.plot_training_curves(epoch_metrics.history), "plots/training_curves.png"),
+            ):
+                run.log_figure(figure, path)
+                report.close(figure)
         if cfg.tracking.log_model:
             run.log_model(model)
 
     metrics = {name: values[-1] for name, values in epoch_metrics.history.items()}
     metrics.update(test_metrics)
     result = TrainResult(run_id=run.run_id, model_uri=run.model_uri, metrics=metrics)
-    _print_summary(cfg, result, tracking.ui_hint(run.uri))
+    hint = (
+        tracking.ui_hint(tracking.resolve_uri(cfg.tracking.uri)) if cfg.tracking.enabled else None
+    )
+    _print_summary(cfg, result, hint)
     return result
 
 
@@ -190,16 +201,20 @@ def _matrix_csv(matrix: object) -> str:
     return "\n".join([header, *lines]) + "\n"
 
 
-def _print_summary(cfg: DictConfig, result: TrainResult, ui_hint: str) -> None:
+def _print_summary(cfg: DictConfig, result: TrainResult, ui_hint: str | None) -> None:
     metrics = result.metrics
     epochs = cfg.trainer.epochs
-    print(
-        f"\nTest accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) "
-        f"after {epochs} epoch{'s' if epochs != 1 else ''}; "
-        f"validation accuracy {metrics.get('val_accuracy', float('nan')):.4f}.\n"
+    where = (
         f"Recorded as run {result.run_id} in experiment '{cfg.tracking.experiment}'"
         + (f", model {result.model_uri}" if result.model_uri else "")
         + f".\nTo compare runs, {ui_hint}."
+        if ui_hint
+        else "Dry run (tracking.enabled=false): nothing was recorded."
+    )
+    print(
+        f"\nTest accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) "
+        f"after {epochs} epoch{'s' if epochs != 1 else ''}; "
+        f"validation accuracy {metrics.get('val_accuracy', float('nan')):.4f}.\n{where}"
     )
 
 

@@ -162,3 +162,20 @@ def test_cfg_job_prints_the_composed_config():
     assert result.returncode == 0, result.stderr
     assert "_target_: keras.optimizers.SGD" in result.stdout
     assert "learning_rate: 0.05" in result.stdout
+
+
+def test_a_dry_run_never_imports_mlflow(tmp_path):
+    from tests.conftest import FIXTURE_DIR
+
+    result = _cli(
+        f"data.dir={FIXTURE_DIR}",
+        "data.limit=200",
+        "tracking.enabled=false",
+        "trainer.verbose=0",
+        f"hydra.run.dir={tmp_path}",
+        python_flags=("-X", "importtime"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Dry run (tracking.enabled=false): nothing was recorded." in result.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert "keras" in imported and "mlflow" not in imported

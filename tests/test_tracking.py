@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-from src import tracking
+from src import records, tracking
 from src.schema import PROJECT_ROOT
 
 
 def test_run_name_is_made_from_what_was_changed():
-    assert tracking.run_name_from_overrides([]) == "defaults"
+    assert records.run_name_from_overrides([]) == "defaults"
     assert (
-        tracking.run_name_from_overrides(
+        records.run_name_from_overrides(
             ["optimizer=sgd", "loss=categorical", "trainer.epochs=2", "tracking.uri=sqlite:///x"]
         )
         == "sgd,categorical,epochs=2"
     )
-    assert tracking.run_name_from_overrides(["data.dir=/a", "hydra.run.dir=/b"]) == "defaults"
+    assert records.run_name_from_overrides(["data.dir=/a", "hydra.run.dir=/b"]) == "defaults"
     assert (
-        tracking.run_name_from_overrides(["optimizer.learning_rate=0.03142880890840111"])
+        records.run_name_from_overrides(["optimizer.learning_rate=0.03142880890840111"])
         == "learning_rate=0.03143"
     )
 
 
 def test_flatten_gives_dotted_keys():
-    flat = tracking.flatten({"optimizer": {"name": "sgd", "learning_rate": 0.1}, "seed": 1})
+    flat = records.flatten({"optimizer": {"name": "sgd", "learning_rate": 0.1}, "seed": 1})
     assert flat == {"optimizer.name": "sgd", "optimizer.learning_rate": 0.1, "seed": 1}
 
 

@@ -146,3 +146,10 @@ def test_a_failing_job_ends_its_run_failed(tiny_config, store_uri, monkeypatch):
     assert [a.path for a in client.list_artifacts(run.info.run_id, "error")] == [
         "error/traceback.txt"
     ]
+
+
+def test_a_dry_run_trains_but_records_nothing(tiny_config, tmp_path):
+    result = train(tiny_config("tracking.enabled=false"))
+    assert result.run_id is None and result.model_uri is None
+    assert 0.0 < result.metrics["test_accuracy"] <= 1.0
+    assert not (tmp_path / "store").exists()
