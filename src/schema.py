@@ -108,6 +108,8 @@ class TrainerConfig:
     seed: int = MISSING
     # Keras's progress display: 0 silent, 1 progress bar, 2 one line per epoch.
     verbose: int = 1
+    # Batches run per call into TensorFlow (Keras's compile(steps_per_execution=...)).
+    steps_per_execution: int = 1
 
 
 @dataclass
@@ -138,6 +140,8 @@ class TrainConfig:
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = MISSING
     sweep: SweepConfig = MISSING
+    # The learning-rate schedule (a dict with _target_, see conf/schedule/).
+    schedule: Any = MISSING
     # The metric that ``main`` returns, for sweepers that optimise it.
     optimized_metric: str = MISSING
 
@@ -191,6 +195,9 @@ _RULES = (
     _Rule("trainer.batch_size", lambda v: v >= 1, "an integer >= 1"),
     _Rule("trainer.seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
     _Rule("trainer.verbose", lambda v: v in (0, 1, 2), "0, 1 or 2"),
+    _Rule("trainer.steps_per_execution", lambda v: v >= 1, "an integer >= 1"),
+    _Rule("schedule.warmup_fraction", lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
+    _Rule("schedule.start_fraction", lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
     _Rule("tracking.experiment", lambda v: bool(v.strip()), "a non-empty name"),
     _Rule(
         "tracking.uri",

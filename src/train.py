@@ -94,7 +94,18 @@ def train(
     keras.utils.set_random_seed(cfg.trainer.seed)
     model = instantiate(cfg.model)
     loss = instantiate(cfg.loss.fn)
-    model.compile(optimizer=instantiate(cfg.optimizer), loss=loss, metrics=["accuracy"])
+    steps_per_epoch = -(-len(splits.x_train) // cfg.trainer.batch_size)
+    learning_rate = instantiate(
+        cfg.schedule,
+        learning_rate=cfg.optimizer.learning_rate,
+        total_steps=steps_per_epoch * cfg.trainer.epochs,
+    )
+    model.compile(
+        optimizer=instantiate(cfg.optimizer, _partial_=True)(learning_rate=learning_rate),
+        loss=loss,
+        metrics=["accuracy"],
+        steps_per_execution=cfg.trainer.steps_per_execution,
+    )
 
     settings = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     # What is recorded never holds a password from a tracking URI.

@@ -16,7 +16,16 @@ from tests.conftest import CONFIG_DIR, PROJECT_ROOT, compose_config
 
 GROUP_OPTIONS = {
     group: sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
-    for group in ("optimizer", "loss", "model", "data", "trainer", "tracking")
+    for group in (
+        "optimizer",
+        "loss",
+        "model",
+        "data",
+        "trainer",
+        "tracking",
+        "schedule",
+        "experiment",
+    )
 }
 
 
@@ -32,6 +41,30 @@ def test_the_groups_offer_the_documented_options():
 )
 def test_every_option_composes_and_validates(override):
     validate(compose_config([override]))
+
+
+def test_the_fast_preset_changes_only_speed_settings():
+    cfg = compose_config(["experiment=fast"])
+    validate(cfg)
+    assert (cfg.trainer.batch_size, cfg.trainer.steps_per_execution, cfg.trainer.epochs) == (
+        128,
+        8,
+        2,
+    )
+    assert cfg.schedule._target_ == "src.schedules.warmup_cosine"
+    assert cfg.model == compose_config().model  # The same CNN.
+
+
+def test_warmup_cosine_rises_to_the_peak_then_decays_to_zero():
+    schedule = instantiate(
+        compose_config(["schedule=warmup_cosine"]).schedule, learning_rate=0.01, total_steps=100
+    )
+    rates = [float(schedule(step)) for step in (0, 15, 57, 100)]
+    assert rates[0] == pytest.approx(0.0004)
+    assert rates[1] == pytest.approx(0.01)
+    assert 0.0 < rates[2] < 0.01
+    assert rates[3] == pytest.approx(0.0, abs=1e-9)
+    assert instantiate(compose_config().schedule, learning_rate=0.01, total_steps=100) == 0.01
 
 
 def test_defaults_are_the_original_program():
