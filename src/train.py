@@ -13,8 +13,11 @@ a sweeper optimises. TensorFlow and MLflow are imported inside ``train`` so that
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +155,7 @@ def train(
 
         # Fit, with the per-epoch metrics recorded as they come.
         epoch_metrics = records.EpochMetricsLogger(run)
+        fit_started = time.perf_counter()
         model.fit(
             splits.x_train,
             splits.y_train,
@@ -161,6 +165,13 @@ def train(
             validation_data=(splits.x_val, splits.y_val),
             callbacks=[divergence_guard(), epoch_metrics.callback()],
             verbose=cfg.trainer.verbose,
+        )
+
+        fit_seconds = time.perf_counter() - fit_started
+        train_samples = len(splits.x_train) * cfg.trainer.epochs
+        run.log_metrics(
+            {"fit_seconds": fit_seconds, "train_samples_per_second": train_samples / fit_seconds},
+            step=cfg.trainer.epochs,
         )
 
         # Evaluate on the test set, once, with one forward pass.
@@ -188,7 +199,11 @@ def train(
 
     metrics = {name: values[-1] for name, values in epoch_metrics.history.items()}
     metrics.update(test_metrics)
+    metrics.update(fit_seconds=fit_seconds, train_samples_per_second=train_samples / fit_seconds)
     result = TrainResult(run_id=run.run_id, model_uri=run.model_uri, metrics=metrics)
+    if HydraConfig.initialized():
+        # The outcome, machine-readable, in the job's folder (benchmarks and scripts read it).
+        (_output_dir() / "result.json").write_text(json.dumps(dataclasses.asdict(result), indent=1))
     hint = (
         tracking.ui_hint(tracking.resolve_uri(cfg.tracking.uri)) if cfg.tracking.enabled else None
     )

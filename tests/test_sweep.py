@@ -182,7 +182,7 @@ def test_compare_prints_the_best_first_and_logs_to_the_sweep(tmp_path):
         "--plot",
         str(tmp_path / "curves.png"),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     _, [_parent], jobs = runs_of(tmp_path)
     lines = result.stdout.splitlines()
@@ -198,7 +198,9 @@ def test_compare_prints_the_best_first_and_logs_to_the_sweep(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=tmp_path,
     )
+    assert not (tmp_path / "comparison.png").exists()  # Nothing written for no runs.
     assert filtered.returncode == 1
     assert (
         filtered.stderr.strip()
