@@ -12,7 +12,7 @@ PORT ?= 5000
 STORE ?= mlruns
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-full lint format typecheck check ui clean
+.PHONY: help install train test test-full bench lint format typecheck check ui clean
 
 help: ## List every target
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,13 +36,18 @@ test-full: install ## Train the default run on the full MNIST in DATA_DIR and re
 	@test -n "$(DATA_DIR)" || { echo "error: set DATA_DIR=folder with the full MNIST files" >&2; exit 2; }
 	MNIST_FULL_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest -m full -s
 
+REFERENCE ?= ../shared/anchors/seed_keras.py
+bench: install ## Benchmarks side by side with the plain program (DATA_DIR, REFERENCE); not part of test
+	@test -n "$(DATA_DIR)" || { echo "error: set DATA_DIR=folder with the full MNIST files" >&2; exit 2; }
+	$(BIN)/python benchmarks/bench.py --data-dir $(DATA_DIR) --reference $(REFERENCE) $(BENCH_ARGS)
+
 lint: install ## Check style with ruff
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 format: install ## Format and fix with ruff
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
 
 typecheck: install ## Type-check the package with mypy
 	$(BIN)/mypy

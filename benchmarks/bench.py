@@ -1,0 +1,419 @@
+"""Side-by-side benchmarks of the pipeline against the plain tf.keras program.
+
+    make bench                                   # DATA_DIR and the reference from the Makefile
+    python benchmarks/bench.py --data-dir ../shared/data/mnist \
+        --reference ../shared/anchors/seed_keras.py [--repeats 3] [--only tracking,latency]
+
+Every comparison runs its two sides alternately (A B A B ...) ``--repeats`` times, on the same
+data and machine, after one warm-up run, and reports medians and their ratio. Results go to
+``benchmarks/results/``: ``results.json``, ``results.md`` and ``results.png``. The reference
+program is run from where it lies; it is never copied into the project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+@dataclass
+class Sample:
+    wall_seconds: float
+    max_rss_mb: float
+    fit_seconds: float | None = None
+    samples_per_second: float | None = None
+    test_accuracy: float | None = None
+
+
+@dataclass
+class Side:
+    name: str
+    samples: list[Sample] = field(default_factory=list)
+
+    def median(self, attribute: str) -> float | None:
+        values = [getattr(s, attribute) for s in self.samples if getattr(s, attribute) is not None]
+        return statistics.median(values) if values else None
+
+
+def run_process(command: Sequence[str], cwd: Path) -> tuple[float, float, str]:
+    """Run a command; return its wall seconds, its peak resident memory (MB) and its stdout."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=err, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{stderr[-3000:]}")
+    return wall, usage.ru_maxrss / 1024, stdout
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.store = f"sqlite:///{work / 'store' / 'mlflow.db'}"
+        self.counter = 0
+
+    def pipeline(self, *overrides: str) -> Sample:
+        self.counter += 1
+        job_dir = self.work / f"job{self.counter}"
+        wall, rss, _ = run_process(
+            [
+                PYTHON,
+                "-m",
+                "src.train",
+                f"data.dir={self.args.data_dir}",
+                f"tracking.uri={self.store}",
+                f"hydra.run.dir={job_dir}",
+                "trainer.verbose=0",
+                *overrides,
+            ],
+            cwd=ROOT,
+        )
+        result = json.loads((job_dir / "result.json").read_text())["metrics"]
+        return Sample(
+            wall,
+            rss,
+            result["fit_seconds"],
+            result["train_samples_per_second"],
+            result["test_accuracy"],
+        )
+
+    def reference(self, *arguments: str) -> Sample:
+        wall, rss, stdout = run_process(
+            [PYTHON, str(self.args.reference), "--data-dir", str(self.args.data_dir), *arguments],
+            cwd=self.work,
+        )
+        result = json.loads(stdout.strip().splitlines()[-1])
+        return Sample(wall, rss, result["fit_s"], result["samples_per_s"], result["test_accuracy"])
+
+
+def alternate(repeats: int, sides: dict[str, Callable[[], Sample]]) -> list[Side]:
+    """Run the sides in turn, ``repeats`` rounds: A B A B ..."""
+    results = [Side(name) for name in sides]
+    for round_number in range(1, repeats + 1):
+        for side, run in zip(results, sides.values(), strict=True):
+            sample = run()
+            side.samples.append(sample)
+            print(
+                f"  round {round_number} {side.name}: {sample.wall_seconds:.1f} s wall"
+                + (
+                    f", {sample.samples_per_second:.0f} samples/s"
+                    if sample.samples_per_second
+                    else ""
+                )
+                + (f", test accuracy {sample.test_accuracy:.4f}" if sample.test_accuracy else ""),
+                flush=True,
+            )
+    return results
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def comparison(
+    name: str, sides: list[Side], measure: str, value: float | None, target: str, met: bool | None
+) -> dict[str, Any]:
+    return {
+        "comparison": name,
+        "measure": measure,
+        "sides": {
+            side.name: {
+                "median_wall_seconds": side.median("wall_seconds"),
+                "median_fit_seconds": side.median("fit_seconds"),
+                "median_samples_per_second": side.median("samples_per_second"),
+                "median_test_accuracy": side.median("test_accuracy"),
+                "median_max_rss_mb": side.median("max_rss_mb"),
+                "runs": [vars(sample) for sample in side.samples],
+            }
+            for side in sides
+        },
+        "value": value,
+        "target": target,
+        "met": met,
+    }
+
+
+def bench_training(bench: Bench, repeats: int) -> list[dict[str, Any]]:
+    """Comparisons 1, 2, 3 and 7 share one alternating set of full one-epoch runs."""
+    print("Training runs (tracking on, tracking off, reference, fastest at batch 32):", flush=True)
+    tracked, dry, reference, fastest = alternate(
+        repeats,
+        {
+            "pipeline (tracking on)": lambda: bench.pipeline(),
+            "pipeline (tracking off)": lambda: bench.pipeline("tracking.enabled=false"),
+            "reference": lambda: bench.reference(),
+            "pipeline fastest, batch 32": lambda: bench.pipeline("trainer.steps_per_execution=32"),
+        },
+    )
+    overhead = ratio(tracked.median("wall_seconds"), dry.median("wall_seconds"))
+    against = ratio(tracked.median("wall_seconds"), reference.median("wall_seconds"))
+    speedup = ratio(fastest.median("samples_per_second"), reference.median("samples_per_second"))
+    accuracy_gap = (reference.median("test_accuracy") or 0) - (fastest.median("test_accuracy") or 0)
+    return [
+        comparison(
+            "1. tracking overhead",
+            [tracked, dry],
+            "wall time ratio on/off",
+            overhead,
+            "<= 1.02",
+            overhead is not None and overhead <= 1.02,
+        ),
+        comparison(
+            "2. pipeline vs reference",
+            [tracked, reference],
+            "wall time ratio pipeline/reference",
+            against,
+            "<= 1.00",
+            against is not None and against <= 1.00,
+        ),
+        comparison(
+            "3. throughput at batch 32",
+            [fastest, reference],
+            f"samples/s ratio fastest/reference (accuracy gap {accuracy_gap * 100:+.2f} points)",
+            speedup,
+            ">= 1.5 with accuracy within 0.1 point",
+            speedup is not None and speedup >= 1.5 and accuracy_gap <= 0.001,
+        ),
+        comparison(
+            "7. memory",
+            [tracked],
+            "peak resident memory of the default run (MB)",
+            tracked.median("max_rss_mb"),
+            "reported",
+            None,
+        ),
+    ]
+
+
+def bench_time_to_99(bench: Bench, repeats: int) -> list[dict[str, Any]]:
+    print("Time to 99% test accuracy (reference 2 epochs, pipeline experiment=fast):", flush=True)
+    reference, fast = alternate(
+        repeats,
+        {
+            "reference, 2 epochs": lambda: bench.reference("--epochs", "2"),
+            "pipeline experiment=fast": lambda: bench.pipeline("experiment=fast"),
+        },
+    )
+    value = ratio(fast.median("wall_seconds"), reference.median("wall_seconds"))
+    reached = all((s.test_accuracy or 0) >= 0.99 for s in [*reference.samples, *fast.samples])
+    return [
+        comparison(
+            "4. time to 99%",
+            [reference, fast],
+            "wall time ratio fast/reference (both reach 99.0%: "
+            + ("yes" if reached else "no")
+            + ")",
+            value,
+            "<= 0.333",
+            value is not None and value <= 1 / 3 and reached,
+        )
+    ]
+
+
+def bench_latency(bench: Bench, repeats: int) -> list[dict[str, Any]]:
+    print("Command-line latency:", flush=True)
+    rows = []
+    for flag in (["--help"], ["--cfg", "job"]):
+        side = Side(f"python -m src.train {' '.join(flag)}")
+        for _ in range(max(repeats, 5)):
+            wall, rss, _ = run_process([PYTHON, "-m", "src.train", *flag], cwd=ROOT)
+            side.samples.append(Sample(wall, rss))
+        value = side.median("wall_seconds")
+        print(f"  {side.name}: median {value:.2f} s", flush=True)
+        rows.append(
+            comparison(
+                f"5. latency {' '.join(flag)}",
+                [side],
+                "median wall seconds",
+                value,
+                "< 1 s",
+                value is not None and value < 1.0,
+            )
+        )
+    return rows
+
+
+def bench_sweep(bench: Bench, repeats: int) -> list[dict[str, Any]]:
+    print("Sweep overhead (8 jobs, 2,000 training images each):", flush=True)
+    sweep_dir = bench.work / "sweep"
+    per_job = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run_process(
+            [
+                PYTHON,
+                "-m",
+                "src.train",
+                "-m",
+                f"data.dir={bench.args.data_dir}",
+                "data.limit=2000",
+                f"tracking.uri={bench.store}",
+                f"hydra.sweep.dir={sweep_dir}",
+                "trainer.verbose=0",
+                "trainer.seed=range(8)",
+            ],
+            cwd=ROOT,
+        )
+        wall = time.perf_counter() - started
+        fits = [
+            json.loads(path.read_text())["metrics"]["fit_seconds"]
+            for path in sweep_dir.glob("*/result.json")
+        ]
+        per_job.append((wall - sum(fits)) / len(fits))
+        print(
+            f"  {wall:.1f} s wall, {sum(fits):.1f} s of training: {per_job[-1]:.2f} s per job",
+            flush=True,
+        )
+        for path in sweep_dir.glob("*/result.json"):
+            path.unlink()
+    side = Side("8-job sweep", [Sample(value, 0.0) for value in per_job])
+    value = statistics.median(per_job)
+    return [
+        comparison(
+            "6. sweep overhead",
+            [side],
+            "(wall - sum of training) / jobs, seconds",
+            value,
+            "< 1.5 s",
+            value < 1.5,
+        )
+    ]
+
+
+BENCHES = {
+    "training": bench_training,
+    "time99": bench_time_to_99,
+    "latency": bench_latency,
+    "sweep": bench_sweep,
+}
+
+
+def write_results(rows: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"meta": meta, "comparisons": rows}, indent=1))
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Machine: {meta['machine']}; {meta['cpus']} CPUs; Python {meta['python']}; "
+        f"{meta['date']}; {meta['repeats']} alternating rounds; medians.",
+        "",
+        "| comparison | measure | value | target | met |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        value = "n/a" if row["value"] is None else f"{row['value']:.3f}"
+        met = {True: "yes", False: "**no**", None: "-"}[row["met"]]
+        lines.append(
+            f"| {row['comparison']} | {row['measure']} | {value} | {row['target']} | {met} |"
+        )
+    lines += [
+        "",
+        "| side | median wall s | median fit s | median samples/s | median test acc "
+        "| median peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    seen = set()
+    for row in rows:
+        for name, side in row["sides"].items():
+            if name in seen:
+                continue
+            seen.add(name)
+            cells = [
+                side["median_wall_seconds"],
+                side["median_fit_seconds"],
+                side["median_samples_per_second"],
+                side["median_test_accuracy"],
+                side["median_max_rss_mb"],
+            ]
+            lines.append(
+                f"| {name} | " + " | ".join("" if c is None else f"{c:.4g}" for c in cells) + " |"
+            )
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plotted = [row for row in rows if row["value"] is not None and row["met"] is not None]
+    figure, axes = plt.subplots(figsize=(9, 4))
+    names = [row["comparison"] for row in plotted]
+    colors = ["tab:green" if row["met"] else "tab:red" for row in plotted]
+    axes.barh(names, [row["value"] for row in plotted], color=colors)
+    for index, row in enumerate(plotted):
+        axes.text(
+            row["value"],
+            index,
+            f" {row['value']:.3f} (target {row['target']})",
+            va="center",
+            fontsize=8,
+        )
+    axes.invert_yaxis()
+    axes.set_title("Pipeline vs plain tf.keras: measured value per comparison (green: target met)")
+    figure.tight_layout()
+    figure.savefig(out / "results.png", dpi=100)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data-dir", type=Path, required=True, help="folder with the full MNIST files"
+    )
+    parser.add_argument("--reference", type=Path, required=True, help="the plain tf.keras program")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating rounds (default: 3)")
+    parser.add_argument("--only", default=",".join(BENCHES), help=f"subset of {','.join(BENCHES)}")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    args.data_dir, args.reference = args.data_dir.resolve(), args.reference.resolve()
+    for path in (args.data_dir, args.reference):
+        if not path.exists():
+            print(f"error: {path} does not exist", file=sys.stderr)
+            return 2
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(BENCHES))
+    if unknown:
+        print(
+            f"error: unknown benchmark {unknown}; choose from {','.join(BENCHES)}", file=sys.stderr
+        )
+        return 2
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as folder:
+        bench = Bench(args, Path(folder))
+        print("Warm-up run (creates the store, touches the memory; not counted)...", flush=True)
+        bench.pipeline("data.limit=2000")
+        rows = [row for name in chosen for row in BENCHES[name](bench, args.repeats)]
+    meta = {
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "repeats": args.repeats,
+    }
+    write_results(rows, args.out, meta)
+    print((args.out / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
