@@ -1,5 +1,7 @@
-"""Every MLflow call of the project: the store, the run's lifecycle, params, the per-epoch
-callback, artifacts and the model. Nothing else imports mlflow."""
+"""Every MLflow call of the project: the store, the run's lifecycle (with its offline journal
+when a server goes away), params, metrics, artifacts, the model, sweeps' parent runs, the
+queries behind the comparison, and the upload of an offline journal. Nothing else imports
+mlflow."""
 
 from __future__ import annotations
 
@@ -34,9 +36,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
 from src.errors import PipelineError
-from src.records import (
-    DatasetRecord,
-)
+from src.records import DatasetRecord
 from src.schema import PROJECT_ROOT
 from src.uris import mask_uri, without_credentials
 

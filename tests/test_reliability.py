@@ -16,7 +16,7 @@ from src.divergence import DivergedError
 from src.train import train
 from tests.conftest import FIXTURE_DIR
 from tests.mlflow_server import MlflowServer
-from tests.test_sweep import runs_of, sweep
+from tests.test_sweep import assert_every_record, runs_of, sweep
 
 pytestmark = pytest.mark.slow
 
@@ -170,15 +170,4 @@ def test_twelve_jobs_on_four_workers_lose_nothing(tmp_path):
     assert "locked" not in result.stderr
     client, [parent], jobs = runs_of(tmp_path)
     assert len(jobs) == 12 and parent.data.metrics["jobs_finished"] == 12
-    for run in jobs:
-        assert run.info.status == "FINISHED"
-        for name in (
-            "loss",
-            "accuracy",
-            "val_loss",
-            "val_accuracy",
-            "learning_rate",
-            "epoch_seconds",
-        ):
-            assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == [1, 2]
-        assert {"test_loss", "test_accuracy"} <= set(run.data.metrics)
+    assert_every_record(client, jobs, epochs=2)
