@@ -116,19 +116,7 @@ def train(
         settings["tracking"]["uri"] = mask_uri(settings["tracking"]["uri"])
     overrides = mask_overrides(list(overrides))
     run_name = cfg.tracking.run_name or records.run_name_from_overrides(overrides)
-    tags = {"overrides": " ".join(overrides) or "(none)", "config_hash": fingerprint}
-    if sweep is not None:
-        tags.update(
-            {
-                "mlflow.parentRunId": sweep.parent_run_id,
-                "sweep_id": sweep.parent_run_id,
-                "sweep_job": str(sweep.job_number),
-            }
-        )
-    commit = records.git_commit()
-    if commit:
-        tags["git_commit"] = tags["mlflow.source.git.commit"] = commit
-
+    tags = _run_tags(overrides, fingerprint, sweep)
     recording = (
         tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment, run_name, tags, _output_dir())
         if cfg.tracking.enabled
@@ -209,6 +197,22 @@ def train(
     )
     _print_summary(cfg, result, hint)
     return result
+
+
+def _run_tags(
+    overrides: Sequence[str], fingerprint: str, sweep: SweepContext | None
+) -> dict[str, str]:
+    """The run's tags: its command line, config fingerprint, sweep membership, git commit."""
+    from src import records
+
+    tags = {"overrides": " ".join(overrides) or "(none)", "config_hash": fingerprint}
+    if sweep is not None:
+        tags["mlflow.parentRunId"] = tags["sweep_id"] = sweep.parent_run_id
+        tags["sweep_job"] = str(sweep.job_number)
+    commit = records.git_commit()
+    if commit:
+        tags["git_commit"] = tags["mlflow.source.git.commit"] = commit
+    return tags
 
 
 def _output_dir() -> Path:
