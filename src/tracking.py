@@ -110,14 +110,29 @@ class Run:
 
     def _send(self, record: dict[str, Any], send: Any) -> bool:
         """Send one record, or journal it if the store is unreachable. True if it was sent."""
-        if self.journal is None:
+        if self.journal is None and self._try(send):
+            return True
+        self._write(record)
+        return False
+
+    def _try(self, send: Any) -> bool:
+        """Send; on an error, send once more if the store still answers (a transient conflict
+        between concurrent writers), else go offline. True if it was sent."""
+        for attempt in (1, 2):
             try:
                 send()
                 return True
             except UNREACHABLE as error:
-                self._go_offline(error)
-        self._write(record)
+                if attempt == 2 or not self._store_answers():
+                    self._go_offline(error)
         return False
+
+    def _store_answers(self) -> bool:
+        try:
+            check_store(self.uri)
+        except TrackingError:
+            return False
+        return True
 
     def _go_offline(self, error: BaseException) -> None:
         self.offline_dir.mkdir(parents=True, exist_ok=True)
@@ -211,12 +226,8 @@ class Run:
 
     def _artifact(self, artifact_file: str, send: Any, journal_copy: Any) -> None:
         record = {"op": "artifact", "path": artifact_file}
-        if self.journal is None:
-            try:
-                send()
-                return
-            except UNREACHABLE as error:
-                self._go_offline(error)
+        if self.journal is None and self._try(send):
+            return
         journal_copy()
         self._write(record)
 
@@ -225,38 +236,51 @@ class Run:
         float32 images (n, 28, 28, 1) in, class probabilities (n, 10) out. Returns its URI and
         tags the run with it as ``model_uri`` (None if the run is offline: the model is then
         saved beside the journal)."""
-        if self.journal is None:
-            try:
-                info = mlflow.keras.log_model(
+        logged: list[Any] = []
+
+        def send() -> None:
+            logged.append(
+                mlflow.keras.log_model(
                     model,
                     name=MODEL_NAME,
                     signature=model_signature(model),
                     pip_requirements=model_requirements(),
                 )
-                self.model_uri = info.model_uri
-                self.set_tags({"model_uri": info.model_uri})
-                return info.model_uri
-            except UNREACHABLE as error:
-                self._go_offline(error)
+            )
+
+        if self.journal is None and self._try(send):
+            self.model_uri = logged[-1].model_uri
+            self.set_tags({"model_uri": logged[-1].model_uri})
+            return self.model_uri
         path = self._local_copy("model.keras")
         model.save(path)
         self._write({"op": "model", "path": str(path)})
         return None
 
     def end(self, status: str) -> None:
-        """Close the run, through the fluent API that opened it."""
-        try:
-            if self.journal is not None:
-                raise MlflowException("the run is offline")
+        """Close the run, through the fluent API that opened it. An offline run first tries
+        once more to send its journal, so that a store that is back gets everything."""
+
+        def close() -> None:
+            if mlflow.active_run() is not None:
+                mlflow.end_run(status)  # Pops the fluent API's run, then tells the store.
+            else:
+                self._client.set_terminated(self.run_id, status=status)
+
+        if self.journal is None and self._try(close):
+            return
+        self._write({"op": "end", "status": status})
+        # Clear the fluent API's active run (it is popped before the store is asked).
+        with contextlib.suppress(*UNREACHABLE):
             mlflow.end_run(status)
-        except UNREACHABLE:
-            # Clear the fluent API's record of the active run, whatever the store said.
-            while mlflow.active_run() is not None:
-                with contextlib.suppress(*UNREACHABLE):
-                    mlflow.end_run(status)
-            if self.journal is None:
-                self._go_offline(MlflowException("could not close the run"))
-            self._write({"op": "end", "status": status})
+        if self.journal is not None and self._store_answers():
+            with contextlib.suppress(*UNREACHABLE):
+                replay_journal(self.journal)
+                print(
+                    f"The tracking store answers again: {self.journal} was sent into the run.",
+                    file=sys.stderr,
+                )
+                self.journal = None
 
 
 def model_signature(model: keras.Model) -> ModelSignature:
