@@ -112,10 +112,9 @@ class SweepTracker(Callback):
 
     def _start(self, config: DictConfig) -> None:
         from src import records, signals, tracking
-
-        signals.install()
         from src.schema import validate
 
+        signals.install()
         # The settings shared by every job are checked before anything is recorded.
         validate(OmegaConf.masked_copy(config, [str(key) for key in config if key != "hydra"]))
         if not config.tracking.enabled:
