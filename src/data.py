@@ -6,6 +6,7 @@ is raised as a :class:`DataError` whose message names the file and what to do ab
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
@@ -151,8 +152,16 @@ def _expected_checksums(folder: Path, npz_sha256: str) -> dict[str, str]:
 
 
 def sha256_of(path: Path) -> str:
+    """The file's sha256, computed once per version of the file (each file is both verified
+    and fingerprinted, and a sweep's in-process jobs read the same files)."""
+    stat = path.stat()
+    return _sha256(str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, inode: int, mtime_ns: int, size: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as stream:
+    with open(path, "rb") as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
