@@ -22,6 +22,15 @@ def confusion_matrix(
     return matrix
 
 
+def confusion_matrix_csv(matrix: np.ndarray) -> str:
+    """The matrix as CSV: a header of predicted digits, then one row per true digit."""
+    header = "true\\predicted," + ",".join(str(column) for column in range(matrix.shape[1]))
+    lines = [
+        f"{row}," + ",".join(str(count) for count in matrix[row]) for row in range(len(matrix))
+    ]
+    return "\n".join([header, *lines]) + "\n"
+
+
 def plot_confusion_matrix(matrix: np.ndarray) -> Figure:
     figure, axes = plt.subplots(figsize=(6, 5.5))
     image = axes.imshow(matrix, cmap="Blues")

@@ -239,14 +239,7 @@ class Run:
         logged: list[Any] = []
 
         def send() -> None:
-            logged.append(
-                mlflow.keras.log_model(
-                    model,
-                    name=MODEL_NAME,
-                    signature=model_signature(model),
-                    pip_requirements=model_requirements(),
-                )
-            )
+            logged.append(log_keras_model(model))
 
         if self.journal is None and self._try(send):
             self.model_uri = logged[-1].model_uri
@@ -281,6 +274,16 @@ class Run:
                     file=sys.stderr,
                 )
                 self.journal = None
+
+
+def log_keras_model(model: keras.Model) -> Any:
+    """Log the model into the active run with MLflow's Keras flavor; returns MLflow's ModelInfo."""
+    return mlflow.keras.log_model(
+        model,
+        name=MODEL_NAME,
+        signature=model_signature(model),
+        pip_requirements=model_requirements(),
+    )
 
 
 def model_signature(model: keras.Model) -> ModelSignature:
@@ -600,12 +603,7 @@ def replay_journal(journal: Path, uri: str | None = None) -> tuple[str, str]:
             model = keras.saving.load_model(record["path"], safe_mode=True)
             mlflow.set_tracking_uri(tracking_uri)
             with mlflow.start_run(run_id=run_id):
-                info = mlflow.keras.log_model(
-                    model,
-                    name=MODEL_NAME,
-                    signature=model_signature(model),
-                    pip_requirements=model_requirements(),
-                )
+                info = log_keras_model(model)
             client.set_tag(run_id, "model_uri", info.model_uri)
         elif op == "end":
             status = record["status"]

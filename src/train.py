@@ -175,7 +175,7 @@ def train(
             from src import report
 
             matrix = report.confusion_matrix(splits.test_labels, predicted)
-            run.log_text(_matrix_csv(matrix), "evaluation/confusion_matrix.csv")
+            run.log_text(report.confusion_matrix_csv(matrix), "evaluation/confusion_matrix.csv")
             for figure, path in (
                 (report.plot_confusion_matrix(matrix), "evaluation/confusion_matrix.png"),
                 (report.plot_training_curves(epoch_metrics.history), "plots/training_curves.png"),
@@ -220,15 +220,6 @@ def _output_dir() -> Path:
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     return Path.cwd()
-
-
-def _matrix_csv(matrix: object) -> str:
-    import numpy as np
-
-    rows = np.asarray(matrix)
-    header = "true\\predicted," + ",".join(str(column) for column in range(rows.shape[1]))
-    lines = [f"{row}," + ",".join(str(count) for count in rows[row]) for row in range(len(rows))]
-    return "\n".join([header, *lines]) + "\n"
 
 
 def _print_summary(cfg: DictConfig, result: TrainResult, ui_hint: str | None) -> None:
