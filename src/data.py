@@ -222,7 +222,15 @@ def _read_idx_folder(folder: Path, paths: dict[str, Path]) -> RawMnist:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """One IDX file (gzip-compressed): uint8 images (n, rows, cols) or labels (n,)."""
+    """One IDX file (gzip-compressed): uint8 images (n, rows, cols) or labels (n,), read once
+    per version of the file (a sweep's in-process jobs read the same files)."""
+    stat = path.stat()
+    return _read_idx_version(str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_idx_version(name: str, inode: int, mtime_ns: int, size: int) -> np.ndarray:
+    path = Path(name)
     try:
         with gzip.open(path, "rb") as stream:
             content = stream.read()
@@ -312,7 +320,7 @@ def prepare(
             )
         train_images, train_labels = train_images[:limit], train_labels[:limit]
     val_count = int(len(train_images) * val_fraction)
-    if not 0 < val_count < len(train_images):
+    if not (val_count > 0 or val_fraction == 0) or val_count >= len(train_images):
         raise DataError(
             f"data.val_fraction={val_fraction} of {len(train_images)} training images leaves "
             "no validation or no training image: change data.val_fraction or data.limit"

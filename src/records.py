@@ -4,10 +4,13 @@ MLflow is not imported here, so a dry run (tracking.enabled=false) never loads i
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -85,6 +88,45 @@ class DatasetRecord:
     test_size: int
 
 
+@dataclass(frozen=True)
+class SavedKerasModel:
+    """A Keras model already saved to a ``.keras`` file, standing in for the model where it is
+    logged: MLflow's Keras flavor needs only its shapes (for the signature) and ``save``, so
+    the recording process copies the file instead of loading and saving the model again."""
+
+    path: str
+    input_shape: tuple[int | None, ...]
+    output_shape: tuple[int | None, ...]
+
+    def save(self, destination: str | Path, **_: Any) -> None:
+        shutil.copyfile(self.path, destination)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ends: its MLflow status, and for a failure the error, extra tags and the
+    traceback to keep. Plain data, so it can be handed to another process."""
+
+    status: str  # FINISHED, FAILED or KILLED
+    error: str | None = None
+    tags: Mapping[str, str] | None = None
+    traceback: str | None = None
+
+    @classmethod
+    def of(cls, error: BaseException | None) -> Outcome:
+        """The outcome of a job that raised ``error`` (None: it finished)."""
+        if error is None:
+            return cls("FINISHED")
+        if isinstance(error, KeyboardInterrupt):
+            return cls("KILLED", error=f"interrupted ({error})")
+        return cls(
+            "FAILED",
+            error=f"{type(error).__name__}: {error}"[:5000],
+            tags=dict(getattr(error, "run_tags", {})),
+            traceback="".join(traceback.format_exception(error)),
+        )
+
+
 class EpochMetricsLogger:
     """Logs loss, accuracy, val_loss, val_accuracy, the learning rate and the epoch's seconds
     after every epoch, with ``step`` the epoch number (1, 2, ...), and keeps them in
@@ -146,6 +188,9 @@ class DryRun:
         pass
 
     def log_figure(self, figure: Figure, artifact_file: str) -> None:
+        pass
+
+    def log_evaluation(self, matrix: np.ndarray, history: Mapping[str, list[float]]) -> None:
         pass
 
     def log_model(self, model: keras.Model) -> None:

@@ -61,6 +61,8 @@ def plot_training_curves(history: Mapping[str, Sequence[float]]) -> Figure:
     for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
         for prefix, label in (("", "train"), ("val_", "validation")):
             values = history.get(prefix + metric, [])
+            if not values:
+                continue  # No validation images (data.val_fraction=0).
             epochs = range(1, len(values) + 1)
             axes.plot(epochs, values, marker="o", label=label)
         axes.set_xlabel("epoch")

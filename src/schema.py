@@ -94,7 +94,7 @@ class DataConfig:
     sha256: str = MISSING
     # Check files against the official checksums (or a SHA256SUMS file beside them).
     verify: bool = True
-    # Fraction of the training images held out for validation.
+    # Fraction of the training images held out for validation (0: none, as the original).
     val_fraction: float = MISSING
     # Use only the first N training images; None: all of them.
     limit: int | None = None
@@ -123,6 +123,9 @@ class TrackingConfig:
     # None: a name made from the command-line overrides.
     run_name: str | None = None
     log_model: bool = True
+    # True: MLflow runs in a second process, so that recording costs training no time.
+    # False: everything is recorded from the training process itself.
+    background: bool = True
 
 
 @dataclass
@@ -189,7 +192,11 @@ _RULES = (
     _Rule("optimizer.ema_momentum", _unit_interval_open, "a number in [0, 1)"),
     _Rule("model.conv_dropout", _unit_interval_open, "a rate in [0, 1)"),
     _Rule("model.dense_dropout", _unit_interval_open, "a rate in [0, 1)"),
-    _Rule("data.val_fraction", lambda v: 0 < v < 1, "a fraction in (0, 1)"),
+    _Rule(
+        "data.val_fraction",
+        lambda v: 0 <= v < 1,
+        "a fraction in [0, 1) (0: no validation hold-out, train on every image)",
+    ),
     _Rule("data.limit", lambda v: v is None or v >= 2, "null (all images) or an integer >= 2"),
     _Rule("trainer.epochs", lambda v: v >= 1, "an integer >= 1"),
     _Rule("trainer.batch_size", lambda v: v >= 1, "an integer >= 1"),
@@ -237,7 +244,13 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{rule.key}={shown} is not allowed: it must be {rule.allowed}")
 
     limit, val_fraction = cfg.data.limit, cfg.data.val_fraction
-    if limit is not None and int(limit * val_fraction) < 1:
+    if val_fraction == 0 and str(cfg.optimized_metric).startswith("val_"):
+        raise ConfigError(
+            f"optimized_metric={cfg.optimized_metric} needs validation images, and "
+            "data.val_fraction=0 holds out none: set optimized_metric=test_accuracy or "
+            "data.val_fraction above 0"
+        )
+    if limit is not None and val_fraction > 0 and int(limit * val_fraction) < 1:
         raise ConfigError(
             f"data.val_fraction={val_fraction} of data.limit={limit} images holds out no "
             "validation image: raise data.limit or data.val_fraction"

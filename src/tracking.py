@@ -8,14 +8,9 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
-import os
 import re
 import sys
 import time
-import traceback
-import urllib.error
-import urllib.parse
-import urllib.request
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -35,54 +30,27 @@ from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
-from src.errors import PipelineError
-from src.records import DatasetRecord
-from src.schema import PROJECT_ROOT
-from src.uris import mask_uri, without_credentials
+from src.records import DatasetRecord, Outcome, SavedKerasModel
+from src.store import TrackingError as TrackingError  # Re-exported: callers know them here.
+from src.store import check_store as check_store
+from src.store import ensure_sqlite_folder, resolve_uri, sqlite_path
+from src.store import ui_hint as ui_hint
+from src.uris import mask_uri
 
 if TYPE_CHECKING:
     import keras
 
-DEFAULT_STORE_DIR = PROJECT_ROOT / "mlruns"
 MODEL_NAME = "model"
-
-
-class TrackingError(PipelineError, RuntimeError):
-    """The tracking store cannot be used as configured."""
-
-
-def resolve_uri(uri: str | None) -> str:
-    """The tracking URI to use: the project's SQLite store in ``mlruns/`` when none is set."""
-    if uri is None:
-        return f"sqlite:///{DEFAULT_STORE_DIR / 'mlflow.db'}"
-    return uri
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri.removeprefix("sqlite:///"))
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
     """For a local SQLite store, artifacts go in an ``artifacts/`` folder beside the database,
     whatever the working directory; a server decides for itself."""
-    database = _sqlite_path(uri)
+    database = sqlite_path(uri)
     if database is None:
         return None
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("_") or "experiment"
     return (database.resolve().parent / "artifacts" / slug).as_uri()
-
-
-def ui_hint(uri: str) -> str:
-    """How to look at the runs of this store."""
-    if uri.startswith(("http://", "https://")):
-        return f"open {without_credentials(uri)} in a browser"
-    if uri == resolve_uri(None):
-        return "run `make ui` and open http://127.0.0.1:5000"
-    return (
-        f"run `mlflow ui --backend-store-uri {uri} --host 127.0.0.1` and open http://127.0.0.1:5000"
-    )
 
 
 # What a lost tracking server looks like from here: the client's own errors, or the network's.
@@ -231,7 +199,7 @@ class Run:
         journal_copy()
         self._write(record)
 
-    def log_model(self, model: keras.Model) -> str | None:
+    def log_model(self, model: keras.Model | SavedKerasModel) -> str | None:
         """Log the model with MLflow's Keras flavor, in Keras's native format, with a signature:
         float32 images (n, 28, 28, 1) in, class probabilities (n, 10) out. Returns its URI and
         tags the run with it as ``model_uri`` (None if the run is offline: the model is then
@@ -249,6 +217,34 @@ class Run:
         model.save(path)
         self._write({"op": "model", "path": str(path)})
         return None
+
+    def log_evaluation(self, matrix: np.ndarray, history: Mapping[str, list[float]]) -> None:
+        """The confusion matrix (CSV and picture) and the training curves."""
+        from src import report
+
+        self.log_text(report.confusion_matrix_csv(matrix), "evaluation/confusion_matrix.csv")
+        for figure, path in (
+            (report.plot_confusion_matrix(matrix), "evaluation/confusion_matrix.png"),
+            (report.plot_training_curves(history), "plots/training_curves.png"),
+        ):
+            self.log_figure(figure, path)
+            report.close(figure)
+
+    def close(self, outcome: Outcome) -> None:
+        """End the run with ``outcome``: a failure keeps its error as a tag and its traceback
+        as an artifact. Says where the journal is if part of the run could not be sent."""
+        if outcome.error is not None:
+            self.set_tags({"error": outcome.error, **(outcome.tags or {})})
+        if outcome.traceback is not None:
+            self.log_text(outcome.traceback, "error/traceback.txt")
+        self.end(outcome.status)
+        if self.journal is not None:
+            print(
+                f"warning: part of run {self.run_id} could not reach {mask_uri(self.uri)} and "
+                f"is in {self.journal}; upload it when the store is back with:\n"
+                f"  python -m src.replay {self.journal}",
+                file=sys.stderr,
+            )
 
     def end(self, status: str) -> None:
         """Close the run, through the fluent API that opened it. An offline run first tries
@@ -276,7 +272,7 @@ class Run:
                 self.journal = None
 
 
-def log_keras_model(model: keras.Model) -> Any:
+def log_keras_model(model: keras.Model | SavedKerasModel) -> Any:
     """Log the model into the active run with MLflow's Keras flavor; returns MLflow's ModelInfo."""
     return mlflow.keras.log_model(
         model,
@@ -286,7 +282,7 @@ def log_keras_model(model: keras.Model) -> Any:
     )
 
 
-def model_signature(model: keras.Model) -> ModelSignature:
+def model_signature(model: keras.Model | SavedKerasModel) -> ModelSignature:
     input_shape = (-1, *model.input_shape[1:])
     output_shape = (-1, *model.output_shape[1:])
     return ModelSignature(
@@ -311,6 +307,20 @@ def _param_value(value: Any) -> Any:
     return "null" if value is None else value
 
 
+def open_run(
+    uri: str | None,
+    experiment: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    offline_dir: Path,
+) -> Run:
+    """Open one run in the store (creating the store and the experiment if needed)."""
+    tracking_uri, experiment_id = prepare_store(uri, experiment)
+    mlflow.set_tracking_uri(tracking_uri)
+    active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags))
+    return Run(active.info.run_id, tracking_uri, offline_dir)
+
+
 @contextmanager
 def start_run(
     uri: str | None,
@@ -321,49 +331,14 @@ def start_run(
 ) -> Iterator[Run]:
     """Open one run and close it with the status the job earned: FINISHED, FAILED (with the
     error as a tag and the traceback as an artifact) or KILLED on an interrupt."""
-    tracking_uri, experiment_id = prepare_store(uri, experiment)
-    mlflow.set_tracking_uri(tracking_uri)
-    active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags))
-    run = Run(active.info.run_id, tracking_uri, offline_dir)
+    run = open_run(uri, experiment, run_name, tags, offline_dir)
     try:
         yield run
-    except KeyboardInterrupt as error:
-        run.set_tags({"error": f"interrupted ({error})"})
-        run.end(RunStatus.to_string(RunStatus.KILLED))
-        raise
     except BaseException as error:
-        run.set_tags(
-            {"error": f"{type(error).__name__}: {error}"[:5000], **getattr(error, "run_tags", {})}
-        )
-        run.log_text(traceback.format_exc(), "error/traceback.txt")
-        run.end(RunStatus.to_string(RunStatus.FAILED))
+        run.close(Outcome.of(error))
         raise
     else:
-        run.end(RunStatus.to_string(RunStatus.FINISHED))
-    if run.journal is not None:
-        print(
-            f"warning: part of run {run.run_id} could not reach {mask_uri(tracking_uri)} and is "
-            f"in {run.journal}; upload it when the store is back with:\n"
-            f"  python -m src.replay {run.journal}",
-            file=sys.stderr,
-        )
-
-
-def _ensure_sqlite_folder(uri: str) -> None:
-    """Create the SQLite database's folder if needed; refuse one that cannot be written."""
-    database = _sqlite_path(uri)
-    if database is None:
-        return
-    try:
-        database.parent.mkdir(parents=True, exist_ok=True)
-        if not os.access(database.parent, os.W_OK | os.X_OK):
-            raise PermissionError("permission denied")
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise TrackingError(
-            f"tracking.uri={uri}: {database.parent} cannot be written ({reason}); "
-            "choose a folder you can write"
-        ) from error
+        run.close(Outcome.of(None))
 
 
 def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
@@ -406,45 +381,11 @@ class RunSummary:
     tags: dict[str, str]
 
 
-# A lost server should be reported in seconds, not after minutes of retries.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-# MLflow prints the run's URL (credentials included) when a run ends; the summary says it.
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-_PROBE_TIMEOUT_S = 5
-
-
-def check_store(uri: str | None) -> None:
-    """Fail fast, with one line, if the store cannot be used: a SQLite folder that cannot be
-    written, or a server that does not answer (checked within a few seconds)."""
-    tracking_uri = resolve_uri(uri)
-    if _sqlite_path(tracking_uri) is not None:
-        _ensure_sqlite_folder(tracking_uri)
-        return
-    if tracking_uri.startswith(("http://", "https://")):
-        probe = (
-            without_credentials(tracking_uri).rstrip("/")
-            + "/api/2.0/mlflow/experiments/search?max_results=1"
-        )
-        try:
-            with urllib.request.urlopen(probe, timeout=_PROBE_TIMEOUT_S):
-                pass
-        except urllib.error.HTTPError:
-            pass  # It answered: authentication and the like are MLflow's to report.
-        except (OSError, ValueError) as error:
-            reason = getattr(error, "reason", error)
-            raise TrackingError(
-                f"tracking.uri={mask_uri(tracking_uri)}: no tracking server answers there "
-                f"({reason}); start it (mlflow server --host 127.0.0.1 --port PORT) or fix the URI"
-            ) from error
-
-
 def prepare_store(uri: str | None, experiment: str) -> tuple[str, str]:
     """Create the store (its database schema) and the experiment if they do not exist yet, so
     that concurrent jobs find them ready. Returns the tracking URI and the experiment id."""
     tracking_uri = resolve_uri(uri)
-    _ensure_sqlite_folder(tracking_uri)
+    ensure_sqlite_folder(tracking_uri)
     return tracking_uri, _experiment_id(MlflowClient(tracking_uri), experiment, tracking_uri)
 
 

@@ -60,16 +60,25 @@ def train(
     """Run one training job as ``cfg`` says and record it; ``overrides`` are the command-line
     overrides that produced ``cfg`` (they name the run and are stored with it), ``sweep`` the
     sweep the job belongs to, if any."""
+    started = time.perf_counter()
     validate(cfg)
     from src import data, records
 
+    background = cfg.tracking.enabled and cfg.tracking.background
     if cfg.tracking.enabled:
-        from src import tracking
+        from src import store
 
         # Check, before anything is read or recorded, that the store can be used.
-        tracking.check_store(cfg.tracking.uri)
+        store.check_store(cfg.tracking.uri)
+    if background:
+        from src.recorder import Recorder
+
+        # Started first: it loads MLflow while this process loads TensorFlow and the data.
+        recorder = Recorder.get()
     fingerprint = config_hash(cfg)
     if sweep is not None and sweep.resumed and not sweep.rerun:
+        from src import tracking
+
         uri = tracking.resolve_uri(cfg.tracking.uri)
         done = tracking.reusable_child_run(uri, sweep.parent_run_id, fingerprint)
         if done is not None:
@@ -86,30 +95,6 @@ def train(
     one_hot = LabelEncoding(cfg.loss.label_encoding) is LabelEncoding.one_hot
     splits = data.prepare(raw, cfg.data.val_fraction, cfg.trainer.seed, one_hot, cfg.data.limit)
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter.
-    import keras
-    import numpy as np
-    from hydra.utils import instantiate
-
-    from src.divergence import divergence_guard
-
-    # Build and compile.
-    keras.utils.set_random_seed(cfg.trainer.seed)
-    model = instantiate(cfg.model)
-    loss = instantiate(cfg.loss.fn)
-    steps_per_epoch = -(-len(splits.x_train) // cfg.trainer.batch_size)
-    learning_rate = instantiate(
-        cfg.schedule,
-        learning_rate=cfg.optimizer.learning_rate,
-        total_steps=steps_per_epoch * cfg.trainer.epochs,
-    )
-    model.compile(
-        optimizer=instantiate(cfg.optimizer, _partial_=True)(learning_rate=learning_rate),
-        loss=loss,
-        metrics=["accuracy"],
-        steps_per_execution=cfg.trainer.steps_per_execution,
-    )
-
     settings = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     # What is recorded never holds a password from a tracking URI.
     if settings["tracking"]["uri"]:
@@ -117,12 +102,50 @@ def train(
     overrides = mask_overrides(list(overrides))
     run_name = cfg.tracking.run_name or records.run_name_from_overrides(overrides)
     tags = _run_tags(overrides, fingerprint, sweep)
-    recording = (
-        tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment, run_name, tags, _output_dir())
-        if cfg.tracking.enabled
-        else contextlib.nullcontext(records.DryRun())
-    )
+    if background:
+        # The run is opened while TensorFlow loads; entering the context waits for it.
+        recording: Any = recorder.start_run(
+            cfg.tracking.uri,
+            cfg.tracking.experiment,
+            run_name,
+            tags,
+            _output_dir(),
+            logs_model=cfg.tracking.log_model,
+        )
+    elif cfg.tracking.enabled:
+        from src import tracking
+
+        recording = tracking.start_run(
+            cfg.tracking.uri, cfg.tracking.experiment, run_name, tags, _output_dir()
+        )
+    else:
+        recording = contextlib.nullcontext(records.DryRun())
+
     with recording as run:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter.
+        import keras
+        import numpy as np
+        from hydra.utils import instantiate
+
+        from src.divergence import divergence_guard
+
+        # Build and compile.
+        keras.utils.set_random_seed(cfg.trainer.seed)
+        model = instantiate(cfg.model)
+        loss = instantiate(cfg.loss.fn)
+        steps_per_epoch = -(-len(splits.x_train) // cfg.trainer.batch_size)
+        learning_rate = instantiate(
+            cfg.schedule,
+            learning_rate=cfg.optimizer.learning_rate,
+            total_steps=steps_per_epoch * cfg.trainer.epochs,
+        )
+        model.compile(
+            optimizer=instantiate(cfg.optimizer, _partial_=True)(learning_rate=learning_rate),
+            loss=loss,
+            metrics=["accuracy"],
+            steps_per_execution=cfg.trainer.steps_per_execution,
+        )
+
         run.log_params({**records.flatten(settings), "model.parameter_count": model.count_params()})
         run.log_dataset(
             records.DatasetRecord(
@@ -150,7 +173,7 @@ def train(
             batch_size=cfg.trainer.batch_size,
             epochs=cfg.trainer.epochs,
             shuffle=cfg.trainer.shuffle,
-            validation_data=(splits.x_val, splits.y_val),
+            validation_data=(splits.x_val, splits.y_val) if len(splits.x_val) else None,
             callbacks=[divergence_guard(), epoch_metrics.callback()],
             verbose=cfg.trainer.verbose,
         )
@@ -162,6 +185,10 @@ def train(
             step=cfg.trainer.epochs,
         )
 
+        if cfg.tracking.log_model:
+            # Logged while the test set is evaluated, when recording in the background.
+            run.log_model(model)
+
         # Evaluate on the test set, once, with one forward pass.
         probabilities = model.predict(splits.x_test, batch_size=_EVALUATION_BATCH_SIZE, verbose=0)
         predicted = probabilities.argmax(axis=1)
@@ -170,20 +197,11 @@ def train(
             "test_accuracy": float(np.mean(predicted == splits.test_labels)),
         }
         run.log_metrics(test_metrics, step=cfg.trainer.epochs)
-
         if run.records_artifacts:
             from src import report
 
             matrix = report.confusion_matrix(splits.test_labels, predicted)
-            run.log_text(report.confusion_matrix_csv(matrix), "evaluation/confusion_matrix.csv")
-            for figure, path in (
-                (report.plot_confusion_matrix(matrix), "evaluation/confusion_matrix.png"),
-                (report.plot_training_curves(epoch_metrics.history), "plots/training_curves.png"),
-            ):
-                run.log_figure(figure, path)
-                report.close(figure)
-        if cfg.tracking.log_model:
-            run.log_model(model)
+            run.log_evaluation(matrix, epoch_metrics.history)
 
     metrics = {name: values[-1] for name, values in epoch_metrics.history.items()}
     metrics.update(test_metrics)
@@ -191,10 +209,10 @@ def train(
     result = TrainResult(run_id=run.run_id, model_uri=run.model_uri, metrics=metrics)
     if HydraConfig.initialized():
         # The outcome, machine-readable, in the job's folder (benchmarks and scripts read it).
-        (_output_dir() / "result.json").write_text(json.dumps(dataclasses.asdict(result), indent=1))
-    hint = (
-        tracking.ui_hint(tracking.resolve_uri(cfg.tracking.uri)) if cfg.tracking.enabled else None
-    )
+        # job_seconds: the whole job, from its config to its run closed in the store.
+        outcome = {**dataclasses.asdict(result), "job_seconds": time.perf_counter() - started}
+        (_output_dir() / "result.json").write_text(json.dumps(outcome, indent=1))
+    hint = store.ui_hint(store.resolve_uri(cfg.tracking.uri)) if cfg.tracking.enabled else None
     _print_summary(cfg, result, hint)
     return result
 
@@ -271,4 +289,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    from src import usage
+
+    if usage.wants_help(sys.argv[1:]):
+        sys.exit(usage.print_help(sys.argv[1:]))
     main()

@@ -109,9 +109,15 @@ CONFIG_CASES = [
     (["trainer.verbose=5"], 2, "trainer.verbose=5 is not allowed: it must be 0, 1 or 2"),
     (["data.limit=0"], 2, "data.limit=0 is not allowed"),
     (
+        ["data.val_fraction=1"],
+        2,
+        "data.val_fraction=1.0 is not allowed: it must be a fraction in [0, 1)",
+    ),
+    (
         ["data.val_fraction=0"],
         2,
-        "data.val_fraction=0.0 is not allowed: it must be a fraction in (0, 1)",
+        "optimized_metric=val_accuracy needs validation images, and data.val_fraction=0 holds "
+        "out none: set optimized_metric=test_accuracy",
     ),
     (["data.limit=5"], 2, "holds out no validation image"),
     (

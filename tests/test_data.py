@@ -86,6 +86,14 @@ def test_prepare_scales_adds_channel_and_holds_out_validation():
     assert not set(held) & set(kept)
 
 
+def test_no_validation_fraction_trains_on_every_image():
+    raw = load(FIXTURE_DIR)
+    splits = data.prepare(raw, val_fraction=0, seed=0, one_hot=False)
+    assert splits.x_train.shape == (2000, 28, 28, 1)
+    assert len(splits.x_val) == len(splits.y_val) == 0
+    assert sorted(splits.y_train.tolist()) == sorted(raw.train_labels.tolist())
+
+
 def test_one_hot_labels_follow_the_categorical_loss():
     raw = load(FIXTURE_DIR)
     sparse = data.prepare(raw, val_fraction=0.1, seed=3, one_hot=False)
