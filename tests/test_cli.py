@@ -61,3 +61,49 @@ def test_a_bad_value_stops_before_any_run_is_recorded(tmp_path):
         "error: model.dense_dropout=1.5 is not allowed: it must be a rate in [0, 1)"
     )
     assert not (tmp_path / "store" / "mlflow.db").exists()
+
+
+def run_help(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "src.train", *arguments],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_help_lists_groups_and_the_composed_config_without_loading_tensorflow(tmp_path):
+    fast = run_help(tmp_path, "optimizer=sgd", "--help")
+    assert fast.returncode == 0, fast.stderr
+    assert "optimizer: adam, sgd" in fast.stdout
+    assert "loss: categorical, sparse" in fast.stdout
+    assert "schema/" not in fast.stdout  # The schemas are not options.
+    assert "_target_: keras.optimizers.SGD" in fast.stdout  # Composed with the override.
+    # Hydra's own help (it answers --resolve), from the same template, says the same.
+    hydra_help = run_help(tmp_path, "optimizer=sgd", "--help", "--resolve")
+    assert hydra_help.returncode == 0, hydra_help.stderr
+    assert "optimizer: adam, sgd" in hydra_help.stdout
+    assert "_target_: keras.optimizers.SGD" in hydra_help.stdout
+    # Neither TensorFlow nor MLflow is loaded to answer.
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from src import usage; usage.print_help(['--help']); "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'mlflow') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_bad_override_with_help_gets_a_short_error(tmp_path):
+    result = run_help(tmp_path, "optimizer=nope", "--help")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ")
+    assert "Could not find 'optimizer/nope'" in result.stderr
+    assert "Traceback" not in result.stderr
