@@ -250,10 +250,12 @@ def _print_summary(cfg: DictConfig, result: TrainResult, ui_hint: str | None) ->
         if ui_hint
         else "Dry run (tracking.enabled=false): nothing was recorded."
     )
+    validation = (
+        f"; validation accuracy {metrics['val_accuracy']:.4f}" if "val_accuracy" in metrics else ""
+    )
     print(
         f"\nTest accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) "
-        f"after {epochs} epoch{'s' if epochs != 1 else ''}; "
-        f"validation accuracy {metrics.get('val_accuracy', float('nan')):.4f}.\n{where}"
+        f"after {epochs} epoch{'s' if epochs != 1 else ''}{validation}.\n{where}"
     )
 
 
