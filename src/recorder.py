@@ -4,7 +4,7 @@ waits for it.
 Importing MLflow, opening the store and logging the model cost several seconds of CPU. Done in
 the training process they add up to seconds of wall time per run; done here they overlap with
 what the training process does on one core anyway (importing TensorFlow, reading the data) and
-with the test evaluation. The training process sends each record through a pipe as it is made
+with the test evaluation. The training process sends each record through a socket as it is made
 and waits only twice: until the run is open (before training starts, so that a store that
 refuses the run stops the job at once) and until it is closed (so that a finished command has
 recorded everything).

@@ -164,6 +164,9 @@ def test_twelve_jobs_on_four_workers_lose_nothing(tmp_path):
         "trainer.epochs=2",
         "data.limit=200",
         "trainer.seed=range(12)",
+        # Four workers writing from their own processes (test_sweep's parallel test has each
+        # worker's recorder process write instead).
+        "tracking.background=false",
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
