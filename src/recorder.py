@@ -58,7 +58,7 @@ class RemoteRun:
         self._open = False
         self.model_uri: str | None = None
         self.journal: str | None = None
-        self._model_folder = Path(tempfile.mkdtemp(prefix="mnist-model-"))
+        self._model_folder: Path | None = None  # Where the model is saved for the recorder.
 
     def wait_open(self) -> None:
         """Wait until the run is open (raises TrackingError if the store refused it). Every
@@ -91,8 +91,9 @@ class RemoteRun:
 
     def log_model(self, model: keras.Model) -> None:
         """Save the model to a file (a fraction of a second) and have it logged from there while
-        training goes on; its URI is known once the run is closed."""
+        the test set is evaluated; its URI is known once the run is closed."""
         self.wait_open()
+        self._model_folder = Path(tempfile.mkdtemp(prefix="mnist-model-"))
         path = self._model_folder / "model.keras"
         model.save(path)
         saved = SavedKerasModel(str(path), tuple(model.input_shape), tuple(model.output_shape))
@@ -103,7 +104,8 @@ class RemoteRun:
             self.wait_open()
             reply = self._recorder.request(("close", outcome))
         finally:
-            shutil.rmtree(self._model_folder, ignore_errors=True)
+            if self._model_folder is not None:
+                shutil.rmtree(self._model_folder, ignore_errors=True)
         self.model_uri, self.journal, problem = reply
         if problem is not None and outcome.status == "FINISHED":
             raise TrackingError(f"recording run {self.run_id} failed: {problem}")
