@@ -154,8 +154,13 @@ def _expected_checksums(folder: Path, npz_sha256: str) -> dict[str, str]:
 def sha256_of(path: Path) -> str:
     """The file's sha256, computed once per version of the file (each file is both verified
     and fingerprinted, and a sweep's in-process jobs read the same files)."""
+    return _sha256(*_version(path))
+
+
+def _version(path: Path) -> tuple[str, int, int, int]:
+    """What tells one version of a file from another: its path, inode, mtime and size."""
     stat = path.stat()
-    return _sha256(str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    return str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 @functools.lru_cache(maxsize=64)
@@ -224,8 +229,7 @@ def _read_idx_folder(folder: Path, paths: dict[str, Path]) -> RawMnist:
 def _read_idx(path: Path) -> np.ndarray:
     """One IDX file (gzip-compressed): uint8 images (n, rows, cols) or labels (n,), read once
     per version of the file (a sweep's in-process jobs read the same files)."""
-    stat = path.stat()
-    return _read_idx_version(str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    return _read_idx_version(*_version(path))
 
 
 @functools.lru_cache(maxsize=8)
@@ -320,7 +324,7 @@ def prepare(
             )
         train_images, train_labels = train_images[:limit], train_labels[:limit]
     val_count = int(len(train_images) * val_fraction)
-    if not (val_count > 0 or val_fraction == 0) or val_count >= len(train_images):
+    if (val_fraction > 0 and val_count == 0) or val_count >= len(train_images):
         raise DataError(
             f"data.val_fraction={val_fraction} of {len(train_images)} training images leaves "
             "no validation or no training image: change data.val_fraction or data.limit"

@@ -241,6 +241,7 @@ def serve(connection: multiprocessing.connection.Connection) -> None:
     from src import tracking
 
     warm_up: threading.Thread | None = None
+    model_warmed = False  # Whether a warm-up for logging models has been started.
     run: tracking.Run | None = None
     problem: str | None = None
     while True:
@@ -262,12 +263,12 @@ def serve(connection: multiprocessing.connection.Connection) -> None:
                     continue
                 problem = None
                 connection.send(("ok", run.run_id))
-                if warm_up is None or (logs_model and not warm_up.name.endswith("model")):
+                if warm_up is None or (logs_model and not model_warmed):
                     if warm_up is not None:
                         warm_up.join()
-                    name = "warm-up-model" if logs_model else "warm-up"
-                    warm_up = threading.Thread(target=_warm_up, args=(logs_model,), name=name)
+                    warm_up = threading.Thread(target=_warm_up, args=(logs_model,))
                     warm_up.start()
+                    model_warmed = logs_model
             elif kind == "call" and run is not None:
                 _, method, args = message
                 getattr(run, method)(*args)

@@ -31,10 +31,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
 from src.records import DatasetRecord, Outcome, SavedKerasModel
-from src.store import TrackingError as TrackingError  # Re-exported: callers know them here.
-from src.store import check_store as check_store
-from src.store import ensure_sqlite_folder, resolve_uri, sqlite_path
-from src.store import ui_hint as ui_hint
+from src.store import TrackingError, check_store, ensure_sqlite_folder, resolve_uri, sqlite_path
 from src.uris import mask_uri
 
 if TYPE_CHECKING:
