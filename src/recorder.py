@@ -46,16 +46,42 @@ if TYPE_CHECKING:
     from src.records import DatasetRecord
 
 
+class Answer:
+    """An answer the recording process owes to a request already sent. Received once; a wait
+    cut short by Ctrl-C leaves it owed, so that the next wait takes it up and a later request's
+    answer is never mistaken for it."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self._recorder = recorder
+        self._received = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def get(self) -> Any:
+        """The answer, waiting for it if needed; an error answer is raised (each time)."""
+        if not self._received:
+            try:
+                self._value = self._recorder.receive()
+            except KeyboardInterrupt:
+                raise
+            except BaseException as error:
+                self._error = error
+            self._received = True
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class RemoteRun:
     """The training process's handle on a run that the recording process holds. Has the
     methods of :class:`src.tracking.Run` that training uses; each sends one message."""
 
     records_artifacts = True
 
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, opened: Answer) -> None:
         self._recorder = recorder
+        self._opened = opened
         self.run_id: str | None = None
-        self._open = False
         self.model_uri: str | None = None
         self.journal: str | None = None
         self._model_folder: Path | None = None  # Where the model is saved for the recorder.
@@ -63,9 +89,7 @@ class RemoteRun:
     def wait_open(self) -> None:
         """Wait until the run is open (raises TrackingError if the store refused it). Every
         record waits for this, so no training starts on a run that does not exist."""
-        if not self._open:
-            self._open = True
-            self.run_id = self._recorder.receive()
+        self.run_id = self._opened.get()
 
     def _call(self, method: str, *args: Any) -> None:
         self.wait_open()
@@ -101,7 +125,10 @@ class RemoteRun:
 
     def close(self, outcome: Outcome) -> None:
         try:
-            self.wait_open()
+            try:
+                self.wait_open()
+            except TrackingError:
+                return  # The run was never opened: nothing to close.
             reply = self._recorder.request(("close", outcome))
         finally:
             if self._model_folder is not None:
@@ -147,8 +174,12 @@ class Recorder:
 
     def request(self, message: tuple[Any, ...]) -> Any:
         """Send ``message`` and wait for the answer."""
+        return self.ask(message).get()
+
+    def ask(self, message: tuple[Any, ...]) -> Answer:
+        """Send ``message``; its answer is waited for when it is needed."""
         self.send(message)
-        return self.receive()
+        return Answer(self)
 
     def receive(self) -> Any:
         """The answer to the last request; an error in the recording process is raised here
@@ -190,20 +221,23 @@ class Recorder:
         """As :func:`src.tracking.start_run`, in the recording process. The run is asked for
         now; entering the context waits until it is open. ``logs_model``: the run will log a
         model (Keras is loaded for it in advance)."""
-        self.send(("open", uri, experiment, run_name, dict(tags), str(offline_dir), logs_model))
-        return RunContext(self)
+        return RunContext(
+            self,
+            self.ask(("open", uri, experiment, run_name, dict(tags), str(offline_dir), logs_model)),
+        )
 
 
 class RunContext:
     """Closes the run with the status the job earned, as :func:`src.tracking.start_run`."""
 
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, opened: Answer) -> None:
         self._recorder = recorder
+        self._opened = opened
         self._run: RemoteRun | None = None
 
     def __enter__(self) -> RemoteRun:
         # Not waiting for the run here: the training process goes on loading TensorFlow.
-        self._run = RemoteRun(self._recorder)
+        self._run = RemoteRun(self._recorder, self._opened)
         return self._run
 
     def __exit__(self, kind: Any, error: BaseException | None, trace: Any) -> None:

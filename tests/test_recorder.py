@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from src.recorder import Recorder
 from src.train import train
 from tests.test_reliability import start_training, wait_for_epoch
 
@@ -74,3 +75,25 @@ def test_a_killed_training_process_leaves_its_run_killed(tmp_path):
     assert run.info.status == "KILLED"
     assert run.data.tags["error"] == "the training process ended unexpectedly"
     assert 1 in [m.step for m in client.get_metric_history(run_id, "val_loss")]
+
+
+def test_ctrl_c_while_the_run_is_opened_still_ends_it_killed(store_uri, tmp_path, monkeypatch):
+    recorder = Recorder.get()
+    context = recorder.start_run(store_uri, "mnist-cnn", "interrupted", {}, tmp_path, False)
+    answer = recorder.receive
+    interrupted: list[bool] = []
+
+    def receive_interrupted_once() -> object:
+        if not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt  # Ctrl-C while waiting for the run to open.
+        return answer()
+
+    monkeypatch.setattr(recorder, "receive", receive_interrupted_once)
+    with pytest.raises(KeyboardInterrupt), context as run:
+        run.log_params({"learning_rate": 0.001})
+    # The close took up the open's answer first, and then got its own.
+    assert interrupted and run.run_id is not None
+    recorded = MlflowClient(store_uri).get_run(run.run_id)
+    assert recorded.info.status == "KILLED"
+    assert recorded.data.params == {}
