@@ -10,7 +10,8 @@ refuses the run stops the job at once) and until it is closed (so that a finishe
 recorded everything).
 
 The recording process is started on first use and serves every run of the training process (a
-sweep's jobs in one process share it); it ends with the training process. If the training
+sweep's jobs in one process share it, and it also opens and summarises the sweep's parent run,
+see :mod:`src.sweep`); it ends with the training process. If the training
 process dies without closing its run, the recording process closes it KILLED. Records are
 handled by :class:`src.tracking.Run`, as when recording in-process (``tracking.background=
 false``): same store, same offline journal when a server goes away.
@@ -266,12 +267,36 @@ def _warm_up(model: bool) -> None:
     report.close(figure)
 
 
+# What a sweep's launching process asks of the recording process (see src.sweep).
+_SWEEP_STEPS = ("open_parent", "summarize", "close_parent")
+
+
+def _sweep_step(step: str, args: tuple[Any, ...]) -> tuple[str, Any]:
+    """Run one of a sweep's MLflow steps; the answer, or the error as one line."""
+    from src import sweep
+    from src.errors import PipelineError
+
+    if step not in _SWEEP_STEPS:
+        return ("error", f"unknown sweep step {step!r}")
+    try:
+        return ("ok", getattr(sweep, step)(*args))
+    except Exception as error:
+        text = (
+            str(error) if isinstance(error, PipelineError) else f"{type(error).__name__}: {error}"
+        )
+        return ("error", text.splitlines()[0] if text else type(error).__name__)
+
+
 def serve(connection: multiprocessing.connection.Connection) -> None:
     """The recording process: open, fill and close runs as the training process says."""
     # Ctrl-C reaches the whole process group; the training process decides how its run ends,
     # and this process ends when the training process is gone.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Training comes first: while both want a core, the recording waits (it has slack: records
+    # are queued in the socket, and training waits for it only before fit and at the end).
+    with contextlib.suppress(OSError):
+        os.nice(10)
     from src import tracking
 
     warm_up: threading.Thread | None = None
@@ -310,6 +335,9 @@ def serve(connection: multiprocessing.connection.Connection) -> None:
                 if warm_up is not None:
                     warm_up.join()
                 run.log_model(message[1])
+            elif kind == "sweep":
+                _, step, args = message
+                connection.send(_sweep_step(step, args))
             elif kind == "close" and run is None:
                 connection.send(("ok", (None, None, "no run was open")))
             elif kind == "close" and run is not None:

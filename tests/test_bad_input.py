@@ -258,3 +258,28 @@ def test_data_limit_beyond_the_data(tmp_path):
         "data.limit=5000 exceeds the 2000 training images" in result.stderr.strip().splitlines()[-1]
     )
     assert_nothing_recorded(store)
+
+
+def test_a_sweep_whose_tracking_server_is_down_stops_before_any_job(tmp_path):
+    port = free_port()  # Nothing listens there.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "src.train",
+            "-m",
+            f"data.dir={FIXTURE_DIR}",
+            f"tracking.uri=http://127.0.0.1:{port}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            "trainer.seed=0,1",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: tracking.uri=http://127.0.0.1:{port}: no tracking server")
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "sweep").glob("*/job_result.json"))
