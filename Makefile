@@ -29,8 +29,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 train: install ## Train with the defaults (add overrides with ARGS='optimizer=sgd ...')
 	$(BIN)/python -m src.train $(if $(DATA_DIR),data.dir=$(DATA_DIR)) $(ARGS)
 
-test: install ## Run the test suite (fixture data, temporary stores; no network)
-	$(BIN)/python -m pytest
+TEST_WORKERS ?= 2
+test: install ## Run the test suite (fixture data, temporary stores; no network) on TEST_WORKERS workers
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 test-full: install ## Train the default run on the full MNIST in DATA_DIR and require 98% test accuracy
 	@test -n "$(DATA_DIR)" || { echo "error: set DATA_DIR=folder with the full MNIST files" >&2; exit 2; }
