@@ -293,10 +293,6 @@ def serve(connection: multiprocessing.connection.Connection) -> None:
     # and this process ends when the training process is gone.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # Training comes first: while both want a core, the recording waits (it has slack: records
-    # are queued in the socket, and training waits for it only before fit and at the end).
-    with contextlib.suppress(OSError):
-        os.nice(10)
     from src import tracking
 
     warm_up: threading.Thread | None = None
