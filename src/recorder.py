@@ -220,29 +220,25 @@ class Recorder:
         logs_model: bool = True,
     ) -> RunContext:
         """As :func:`src.tracking.start_run`, in the recording process. The run is asked for
-        now; entering the context waits until it is open. ``logs_model``: the run will log a
+        now; the first record waits until it is open. ``logs_model``: the run will log a
         model (Keras is loaded for it in advance)."""
-        return RunContext(
-            self,
-            self.ask(("open", uri, experiment, run_name, dict(tags), str(offline_dir), logs_model)),
+        opened = self.ask(
+            ("open", uri, experiment, run_name, dict(tags), str(offline_dir), logs_model)
         )
+        return RunContext(RemoteRun(self, opened))
 
 
 class RunContext:
     """Closes the run with the status the job earned, as :func:`src.tracking.start_run`."""
 
-    def __init__(self, recorder: Recorder, opened: Answer) -> None:
-        self._recorder = recorder
-        self._opened = opened
-        self._run: RemoteRun | None = None
+    def __init__(self, run: RemoteRun) -> None:
+        self._run = run
 
     def __enter__(self) -> RemoteRun:
         # Not waiting for the run here: the training process goes on loading TensorFlow.
-        self._run = RemoteRun(self._recorder, self._opened)
         return self._run
 
     def __exit__(self, kind: Any, error: BaseException | None, trace: Any) -> None:
-        assert self._run is not None
         self._run.close(Outcome.of(error))
 
 
