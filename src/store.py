@@ -8,7 +8,14 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Not on Windows: a new store's creation is then not serialised.
+    fcntl = None  # type: ignore[assignment]
 
 from src.errors import PipelineError
 from src.schema import PROJECT_ROOT
@@ -57,6 +64,30 @@ def ensure_sqlite_folder(uri: str) -> None:
             f"tracking.uri={uri}: {database.parent} cannot be written ({reason}); "
             "choose a folder you can write"
         ) from error
+
+
+@contextmanager
+def creating(uri: str) -> Iterator[None]:
+    """Serialise the creation of a new SQLite store between this project's processes.
+
+    MLflow creates a new database's schema in many transactions; processes that do it at the
+    same moment fail (4 processes opening one new store: 3 failed) and can leave it broken.
+    Whoever finds the database missing creates it (the body of this ``with``) holding an
+    exclusive lock on its folder; the others wait for that lock, see the database, and open it
+    without holding the lock, so opening an existing store is never serialised."""
+    database = sqlite_path(uri)
+    if database is None or fcntl is None:
+        yield
+        return
+    folder = os.open(database.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        if not database.exists() or database.stat().st_size == 0:
+            yield
+            return
+    finally:
+        os.close(folder)  # Releases the lock.
+    yield
 
 
 def check_store(uri: str | None) -> None:

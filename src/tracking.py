@@ -31,7 +31,14 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
 from src.records import DatasetRecord, Outcome, SavedKerasModel
-from src.store import TrackingError, check_store, ensure_sqlite_folder, resolve_uri, sqlite_path
+from src.store import (
+    TrackingError,
+    check_store,
+    creating,
+    ensure_sqlite_folder,
+    resolve_uri,
+    sqlite_path,
+)
 from src.uris import mask_uri
 
 if TYPE_CHECKING:
@@ -383,7 +390,8 @@ def prepare_store(uri: str | None, experiment: str) -> tuple[str, str]:
     that concurrent jobs find them ready. Returns the tracking URI and the experiment id."""
     tracking_uri = resolve_uri(uri)
     ensure_sqlite_folder(tracking_uri)
-    return tracking_uri, _experiment_id(MlflowClient(tracking_uri), experiment, tracking_uri)
+    with creating(tracking_uri):
+        return tracking_uri, _experiment_id(MlflowClient(tracking_uri), experiment, tracking_uri)
 
 
 def find_sweep_to_resume(uri: str, experiment_id: str, fingerprint: str) -> str | None:

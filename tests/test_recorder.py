@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from src.recorder import Recorder
 from src.train import train
-from tests.test_reliability import start_training, wait_for_epoch
+from tests.test_reliability import new_store, start_training, wait_for_epoch
 
 
 def _everything(client: MlflowClient, run_id: str) -> dict[str, object]:
@@ -60,11 +60,10 @@ def test_background_recording_records_what_in_process_recording_records(tiny_con
 
 @pytest.mark.slow
 def test_a_killed_training_process_leaves_its_run_killed(tmp_path):
-    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    store, client = new_store(tmp_path)
     process = start_training(
         tmp_path, "trainer.epochs=30", "data.limit=400", f"tracking.uri={store}"
     )
-    client = MlflowClient(store)
     run_id = wait_for_epoch(client, process, 1)
     process.kill()  # SIGKILL: no handler runs in the training process.
     process.wait(timeout=30)

@@ -42,6 +42,17 @@ def start_training(
     )
 
 
+def new_store(tmp_path: Path) -> tuple[str, MlflowClient]:
+    """A store for a test to watch while a training process writes into it, created (schema
+    included) before that process starts: the test's own client does not take the project's
+    creation lock (src.store.creating), so opening a new store together would race."""
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    client = MlflowClient(uri)
+    client.search_experiments()
+    return uri, client
+
+
 def wait_for_epoch(client: MlflowClient, process: subprocess.Popen[str], epoch: int) -> str:
     """Wait until some run in the store has logged ``epoch``; return its id."""
     deadline = time.monotonic() + 180
@@ -62,9 +73,8 @@ def wait_for_epoch(client: MlflowClient, process: subprocess.Popen[str], epoch: 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_run_ends_killed_with_its_finished_epochs(tmp_path, signum, code):
-    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    store, client = new_store(tmp_path)
     process = start_training(tmp_path, "trainer.epochs=30", f"tracking.uri={store}")
-    client = MlflowClient(store)
     run_id = wait_for_epoch(client, process, 1)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
@@ -79,11 +89,10 @@ def test_an_interrupted_run_ends_killed_with_its_finished_epochs(tmp_path, signu
 
 
 def test_an_interrupted_sweep_ends_killed_parent_and_job(tmp_path):
-    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    store, client = new_store(tmp_path)
     process = start_training(
         tmp_path, "trainer.epochs=30", f"tracking.uri={store}", "trainer.seed=1,2", multirun=True
     )
-    client = MlflowClient(store)
     wait_for_epoch(client, process, 1)
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=120)
@@ -154,6 +163,39 @@ def test_a_dead_tracking_server_loses_nothing(tmp_path):
         assert not journal.exists() and journal.with_suffix(".uploaded").exists()
     finally:
         server.stop()
+
+
+def test_processes_creating_one_new_store_at_once_all_succeed(tmp_path):
+    # Each process imports MLflow, then waits for the same signal to open the new store, so
+    # that they create it at the same moment (without the creation lock 3 of 4 failed).
+    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    go = tmp_path / "go"
+    code = (
+        "import sys, time; from pathlib import Path; from src import tracking; "
+        f"Path(sys.argv[1]).touch(); go = Path({str(go)!r})\n"
+        "while not go.exists(): time.sleep(0.01)\n"
+        f"print(tracking.prepare_store({store!r}, 'shared')[1])"
+    )
+    ready = [tmp_path / f"ready-{index}" for index in range(4)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(flag)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for flag in ready
+    ]
+    deadline = time.monotonic() + 120
+    while not all(flag.exists() for flag in ready) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    results = [process.communicate(timeout=120) for process in processes]
+    for process, (_, stderr) in zip(processes, results, strict=True):
+        assert process.returncode == 0, stderr[-2000:]
+    client = MlflowClient(store)
+    [experiment] = [e for e in client.search_experiments() if e.name == "shared"]
+    assert {stdout.strip() for stdout, _ in results} == {experiment.experiment_id}
 
 
 def test_twelve_jobs_on_four_workers_lose_nothing(tmp_path):
