@@ -9,6 +9,10 @@ and waits only twice: until the run is open (before training starts, so that a s
 refuses the run stops the job at once) and until it is closed (so that a finished command has
 recorded everything).
 
+If the recording process itself dies (killed, out of memory), the training process stops with
+an error at its next record and closes the run FAILED itself, loading MLflow for that, so that
+no run stays RUNNING; a sweep likewise closes its parent run itself.
+
 The recording process is started on first use and serves every run of the training process (a
 sweep's jobs in one process share it, and it also opens and summarises the sweep's parent run,
 see :mod:`src.sweep`); it ends with the training process. If the training
@@ -39,12 +43,16 @@ import numpy as np
 
 from src.records import Outcome, SavedKerasModel
 from src.schema import PROJECT_ROOT
-from src.store import TrackingError
+from src.store import TrackingError, resolve_uri
 
 if TYPE_CHECKING:
     import keras
 
     from src.records import DatasetRecord
+
+
+class RecorderStopped(TrackingError):
+    """The recording process is gone (killed, out of memory, crashed)."""
 
 
 class Answer:
@@ -79,9 +87,13 @@ class RemoteRun:
 
     records_artifacts = True
 
-    def __init__(self, recorder: Recorder, opened: Answer) -> None:
+    def __init__(
+        self, recorder: Recorder, opened: Answer, uri: str | None, offline_dir: Path
+    ) -> None:
         self._recorder = recorder
         self._opened = opened
+        self._uri = uri
+        self._offline_dir = offline_dir
         self.run_id: str | None = None
         self.model_uri: str | None = None
         self.journal: str | None = None
@@ -130,13 +142,36 @@ class RemoteRun:
                 self.wait_open()
             except TrackingError:
                 return  # The run was never opened: nothing to close.
-            reply = self._recorder.request(("close", outcome))
+            try:
+                reply = self._recorder.request(("close", outcome))
+            except RecorderStopped as stopped:
+                self._close_here(outcome, stopped)
+                raise
         finally:
             if self._model_folder is not None:
                 shutil.rmtree(self._model_folder, ignore_errors=True)
         self.model_uri, self.journal, problem = reply
         if problem is not None and outcome.status == "FINISHED":
             raise TrackingError(f"recording run {self.run_id} failed: {problem}")
+
+    def _close_here(self, outcome: Outcome, stopped: RecorderStopped) -> None:
+        """Close the run from this process, the recording process being gone: FAILED (or
+        KILLED if the job was interrupted), with why as its ``error`` tag."""
+        from src import tracking
+
+        assert self.run_id is not None
+        if outcome.status == "FINISHED":
+            outcome = Outcome("FAILED", error=f"recording failed: {stopped}")
+        try:
+            tracking.Run(self.run_id, resolve_uri(self._uri), self._offline_dir).close(outcome)
+        except Exception as error:  # The recording process's error is the one to report.
+            print(f"warning: could not close run {self.run_id}: {error}", file=sys.stderr)
+        else:
+            print(
+                f"warning: the recording process is gone; run {self.run_id} was closed "
+                f"{outcome.status} from the training process",
+                file=sys.stderr,
+            )
 
 
 class Recorder:
@@ -193,12 +228,17 @@ class Recorder:
             raise TrackingError(value)
         return value
 
-    def _died(self) -> TrackingError:
+    def _died(self) -> RecorderStopped:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._process.wait(timeout=5)
-        return TrackingError(
-            f"the recording process stopped (exit code {self._process.returncode}); its error is "
-            "printed above. To record in the training process instead: tracking.background=false"
+        code = self._process.returncode
+        if code is not None and code < 0:
+            how = f"was killed by {signal.Signals(-code).name}"
+        else:
+            how = f"stopped (exit code {code}); its error is printed above"
+        return RecorderStopped(
+            f"the recording process {how}. To record in the training process instead: "
+            "tracking.background=false"
         )
 
     def stop(self) -> None:
@@ -225,7 +265,7 @@ class Recorder:
         opened = self.ask(
             ("open", uri, experiment, run_name, dict(tags), str(offline_dir), logs_model)
         )
-        return RunContext(RemoteRun(self, opened))
+        return RunContext(RemoteRun(self, opened, uri, offline_dir))
 
 
 class RunContext:

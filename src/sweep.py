@@ -198,9 +198,15 @@ class SweepTracker(Callback):
         print(f"{verb} sweep {parent_run_id} ({mask_uri(uri)})", file=sys.stderr)
 
     def _call(self, step: Callable[..., Any], *args: Any) -> Any:
-        """Run one of this module's MLflow steps where MLflow is loaded."""
+        """Run one of this module's MLflow steps where MLflow is loaded: in the recording
+        process, or here if there is none (any more: it may have been killed)."""
         if self._recorder is not None:
-            return self._recorder.request(("sweep", step.__name__, args))
+            from src.recorder import RecorderStopped
+
+            try:
+                return self._recorder.request(("sweep", step.__name__, args))
+            except RecorderStopped:
+                self._recorder = None
         return step(*args)
 
     def _finish(self, config: DictConfig) -> None:

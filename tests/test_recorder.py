@@ -4,7 +4,11 @@ its run RUNNING."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +16,8 @@ from mlflow.tracking import MlflowClient
 
 from src.recorder import Recorder
 from src.train import train
-from tests.test_reliability import new_store, start_training, wait_for_epoch
+from tests.test_reliability import training_at_epoch_one
+from tests.test_sweep import runs_of
 
 
 def _everything(client: MlflowClient, run_id: str) -> dict[str, object]:
@@ -60,11 +65,7 @@ def test_background_recording_records_what_in_process_recording_records(tiny_con
 
 @pytest.mark.slow
 def test_a_killed_training_process_leaves_its_run_killed(tmp_path):
-    store, client = new_store(tmp_path)
-    process = start_training(
-        tmp_path, "trainer.epochs=30", "data.limit=400", f"tracking.uri={store}"
-    )
-    run_id = wait_for_epoch(client, process, 1)
+    client, process, run_id = training_at_epoch_one(tmp_path, "trainer.epochs=30", "data.limit=400")
     process.kill()  # SIGKILL: no handler runs in the training process.
     process.wait(timeout=30)
     deadline = time.monotonic() + 60
@@ -74,6 +75,49 @@ def test_a_killed_training_process_leaves_its_run_killed(tmp_path):
     assert run.info.status == "KILLED"
     assert run.data.tags["error"] == "the training process ended unexpectedly"
     assert 1 in [m.step for m in client.get_metric_history(run_id, "val_loss")]
+
+
+def recording_process_of(process: subprocess.Popen[str]) -> int:
+    """The pid of the recording process that ``process`` started."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # Gone meanwhile.
+        if parent == process.pid and b"src.recorder" in command:
+            return int(stat.parent.name)
+    raise AssertionError("the training process has no recording process")
+
+
+@pytest.mark.slow
+def test_a_killed_recording_process_leaves_the_run_failed_not_running(tmp_path):
+    client, process, run_id = training_at_epoch_one(tmp_path, "trainer.epochs=30", "data.limit=400")
+    os.kill(recording_process_of(process), signal.SIGKILL)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the recording process was killed by SIGKILL."), last
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert "the recording process was killed by SIGKILL" in run.data.tags["error"]
+    assert 1 in [m.step for m in client.get_metric_history(run_id, "val_loss")]
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_recording_process_is_killed_closes_its_runs_and_goes_on(tmp_path):
+    _, process, _ = training_at_epoch_one(
+        tmp_path, "trainer.epochs=8", "data.limit=400", "trainer.seed=1,2", multirun=True
+    )
+    os.kill(recording_process_of(process), signal.SIGKILL)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1, stderr[-3000:]
+    assert "job 0 (trainer.seed=1)" in stderr.strip().splitlines()[-1]
+    _, [parent], jobs = runs_of(tmp_path)
+    assert parent.info.status == "FAILED"
+    assert parent.data.metrics["jobs_failed"] == 1 and parent.data.metrics["jobs_finished"] == 1
+    statuses = {run.data.params["trainer.seed"]: run.info.status for run in jobs}
+    assert statuses == {"1": "FAILED", "2": "FINISHED"}
 
 
 def test_ctrl_c_while_the_run_is_opened_still_ends_it_killed(store_uri, tmp_path, monkeypatch):

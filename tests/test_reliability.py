@@ -42,15 +42,19 @@ def start_training(
     )
 
 
-def new_store(tmp_path: Path) -> tuple[str, MlflowClient]:
-    """A store for a test to watch while a training process writes into it, created (schema
-    included) before that process starts: the test's own client does not take the project's
-    creation lock (src.store.creating), so opening a new store together would race."""
+def training_at_epoch_one(
+    tmp_path: Path, *overrides: str, multirun: bool = False
+) -> tuple[MlflowClient, subprocess.Popen[str], str]:
+    """Start training into a new store and wait until a run has logged epoch 1. Returns the
+    store's client, the process and that run's id. The store is created (schema included)
+    before the process starts: the test's own client does not take the project's creation
+    lock (src.store.creating), so the two opening a new store together would race."""
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     (tmp_path / "store").mkdir()
     client = MlflowClient(uri)
     client.search_experiments()
-    return uri, client
+    process = start_training(tmp_path, *overrides, f"tracking.uri={uri}", multirun=multirun)
+    return client, process, wait_for_epoch(client, process, 1)
 
 
 def wait_for_epoch(client: MlflowClient, process: subprocess.Popen[str], epoch: int) -> str:
@@ -73,9 +77,7 @@ def wait_for_epoch(client: MlflowClient, process: subprocess.Popen[str], epoch: 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_run_ends_killed_with_its_finished_epochs(tmp_path, signum, code):
-    store, client = new_store(tmp_path)
-    process = start_training(tmp_path, "trainer.epochs=30", f"tracking.uri={store}")
-    run_id = wait_for_epoch(client, process, 1)
+    client, process, run_id = training_at_epoch_one(tmp_path, "trainer.epochs=30")
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == code, stderr[-3000:]
@@ -89,11 +91,9 @@ def test_an_interrupted_run_ends_killed_with_its_finished_epochs(tmp_path, signu
 
 
 def test_an_interrupted_sweep_ends_killed_parent_and_job(tmp_path):
-    store, client = new_store(tmp_path)
-    process = start_training(
-        tmp_path, "trainer.epochs=30", f"tracking.uri={store}", "trainer.seed=1,2", multirun=True
+    _, process, _ = training_at_epoch_one(
+        tmp_path, "trainer.epochs=30", "trainer.seed=1,2", multirun=True
     )
-    wait_for_epoch(client, process, 1)
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=120)
     assert process.returncode == 130
