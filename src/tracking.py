@@ -287,10 +287,12 @@ def log_keras_model(model: keras.Model | SavedKerasModel) -> Any:
 
 
 def model_signature(model: keras.Model | SavedKerasModel) -> ModelSignature:
+    """Float32 images in, probabilities out. The input is unnamed: with a name, MLflow hands
+    the model a dict, which Keras warns about on every predict."""
     input_shape = (-1, *model.input_shape[1:])
     output_shape = (-1, *model.output_shape[1:])
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), input_shape, "image")]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), input_shape)]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), output_shape, "probabilities")]),
     )
 
