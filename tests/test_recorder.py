@@ -106,18 +106,19 @@ def test_a_killed_recording_process_leaves_the_run_failed_not_running(tmp_path):
 
 @pytest.mark.slow
 def test_a_sweep_whose_recording_process_is_killed_closes_its_runs_and_goes_on(tmp_path):
+    # Job 0 trains long enough to be killed in; job 1, with a new recording process, is short.
     _, process, _ = training_at_epoch_one(
-        tmp_path, "trainer.epochs=8", "data.limit=400", "trainer.seed=1,2", multirun=True
+        tmp_path, "trainer.epochs=30,1", "data.limit=400", multirun=True
     )
     os.kill(recording_process_of(process), signal.SIGKILL)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 1, stderr[-3000:]
-    assert "job 0 (trainer.seed=1)" in stderr.strip().splitlines()[-1]
+    assert "job 0 (trainer.epochs=30)" in stderr.strip().splitlines()[-1]
     _, [parent], jobs = runs_of(tmp_path)
     assert parent.info.status == "FAILED"
     assert parent.data.metrics["jobs_failed"] == 1 and parent.data.metrics["jobs_finished"] == 1
-    statuses = {run.data.params["trainer.seed"]: run.info.status for run in jobs}
-    assert statuses == {"1": "FAILED", "2": "FINISHED"}
+    statuses = {run.data.params["trainer.epochs"]: run.info.status for run in jobs}
+    assert statuses == {"30": "FAILED", "1": "FINISHED"}
 
 
 def test_ctrl_c_while_the_run_is_opened_still_ends_it_killed(store_uri, tmp_path, monkeypatch):
