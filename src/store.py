@@ -5,6 +5,7 @@ process, see :mod:`src.recorder`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import urllib.error
 import urllib.request
@@ -14,7 +15,7 @@ from pathlib import Path
 
 try:
     import fcntl
-except ImportError:  # Not on Windows: a new store's creation is then not serialised.
+except ImportError:  # Windows has none: a new store's creation is then not serialised.
     fcntl = None  # type: ignore[assignment]
 
 from src.errors import PipelineError
@@ -76,10 +77,14 @@ def creating(uri: str) -> Iterator[None]:
     exclusive lock on its folder; the others wait for that lock, see the database, and open it
     without holding the lock, so opening an existing store is never serialised."""
     database = sqlite_path(uri)
-    if database is None or fcntl is None:
+    folder = None
+    if database is not None and fcntl is not None:
+        # A folder that can be written but not read is used without the lock.
+        with contextlib.suppress(OSError):
+            folder = os.open(database.parent, os.O_RDONLY)
+    if database is None or folder is None:
         yield
         return
-    folder = os.open(database.parent, os.O_RDONLY)
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)
         if not database.exists() or database.stat().st_size == 0:
