@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from src import tracking
 from src.divergence import DivergedError
 from src.train import train
 from tests.conftest import FIXTURE_DIR
@@ -46,13 +47,10 @@ def training_at_epoch_one(
     tmp_path: Path, *overrides: str, multirun: bool = False
 ) -> tuple[MlflowClient, subprocess.Popen[str], str]:
     """Start training into a new store and wait until a run has logged epoch 1. Returns the
-    store's client, the process and that run's id. The store is created (schema included)
-    before the process starts: the test's own client does not take the project's creation
-    lock (src.store.creating), so the two opening a new store together would race."""
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    (tmp_path / "store").mkdir()
+    store's client, the process and that run's id. The store is created first, as the project
+    creates it: the test's own client would otherwise race the process to create it."""
+    uri, _ = tracking.prepare_store(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}", "mnist-cnn")
     client = MlflowClient(uri)
-    client.search_experiments()
     process = start_training(tmp_path, *overrides, f"tracking.uri={uri}", multirun=multirun)
     return client, process, wait_for_epoch(client, process, 1)
 
