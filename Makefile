@@ -12,7 +12,7 @@ PORT ?= 5000
 STORE ?= mlruns
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-full bench lint format typecheck check ui clean
+.PHONY: help install train test test-slow test-full bench lint format typecheck check ui clean
 
 help: ## List every target
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,6 +32,9 @@ train: install ## Train with the defaults (add overrides with ARGS='optimizer=sg
 TEST_WORKERS ?= 2
 test: install ## Run the test suite (fixture data, temporary stores; no network) on TEST_WORKERS workers
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+
+test-slow: install ## Run the slow tests: real servers, signals, killed processes, parallel and Optuna sweeps
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m slow
 
 test-full: install ## Train the default run on the full MNIST in DATA_DIR and require 98% test accuracy
 	@test -n "$(DATA_DIR)" || { echo "error: set DATA_DIR=folder with the full MNIST files" >&2; exit 2; }
@@ -53,7 +56,7 @@ format: install ## Format and fix with ruff
 typecheck: install ## Type-check the package with mypy
 	$(BIN)/mypy
 
-check: lint typecheck test ## Lint, type-check and test
+check: lint typecheck test test-slow ## Lint, type-check and run every test but the full-MNIST one
 
 ui: install ## Serve the project's MLflow store at http://$(HOST):$(PORT)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(STORE))/mlflow.db \

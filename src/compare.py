@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from src.tracking import RunSummary
+    from mlflow.entities import Run
 
 # Final metrics shown for every run, in this order.
 SHOWN_METRICS = ("val_accuracy", "val_loss", "test_accuracy", "test_loss")
@@ -51,34 +51,41 @@ def lower_is_better(metric: str) -> bool:
     return metric.endswith("loss")
 
 
-def build_table(runs: Sequence[RunSummary], metric: str) -> Table:
+def curve_of(metric: str) -> str:
+    """The per-epoch validation curve that goes with a metric: ``test_loss`` -> ``val_loss``."""
+    return f"val_{metric.removeprefix('val_').removeprefix('test_')}"
+
+
+def build_table(runs: Sequence[Run], metric: str) -> Table:
     """Rows for the runs, best first by ``metric`` (runs without it last), with only the
     params whose values differ between the runs."""
-    all_names = sorted({name for run in runs for name in run.params})
+    all_names = sorted({name for run in runs for name in run.data.params})
     differing = [
         name
         for name in all_names
         if not name.startswith(_IGNORED_PARAMS)
         and not name.endswith("._target_")
-        and len({run.params.get(name) for run in runs}) > 1
+        and len({run.data.params.get(name) for run in runs}) > 1
     ]
     # A setting only some runs have (Adam's beta_1 beside SGD runs) is told apart by its
     # group's name already (optimizer.name), so it is left out when that name differs.
     differing = [
         name
         for name in differing
-        if all(name in run.params for run in runs)
+        if all(name in run.data.params for run in runs)
         or f"{name.split('.', 1)[0]}.name" not in differing
     ]
     rows = [
         Row(
-            run_id=run.run_id,
-            name=run.name,
-            status=run.status,
-            value=run.metrics.get(metric),
-            params={name: run.params.get(name, "") for name in differing},
-            metrics={name: run.metrics[name] for name in SHOWN_METRICS if name in run.metrics},
-            tags=run.tags,
+            run_id=run.info.run_id,
+            name=run.info.run_name or "",
+            status=run.info.status,
+            value=run.data.metrics.get(metric),
+            params={name: run.data.params.get(name, "") for name in differing},
+            metrics={
+                name: run.data.metrics[name] for name in SHOWN_METRICS if name in run.data.metrics
+            },
+            tags=run.data.tags,
         )
         for run in runs
     ]
@@ -178,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: cannot search runs ({error.message}); check --filter", file=sys.stderr)
         return 2
     if sweep_id is None:
-        runs = [run for run in runs if run.tags.get("sweep_role") != "parent"]
+        runs = [run for run in runs if run.data.tags.get("sweep_role") != "parent"]
     if not runs:
         where = f"sweep {sweep_id}" if sweep_id else f"experiment '{args.experiment}'"
         condition = f" matching {args.filter!r}" if args.filter else ""
@@ -187,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     table = build_table(runs, args.metric)
     print(to_text(table))
-    curve = f"val_{args.metric.removeprefix('val_').removeprefix('test_')}"
+    curve = curve_of(args.metric)
     histories = {
         row.name or row.run_id: tracking.metric_history(uri, row.run_id, curve)
         for row in table.rows

@@ -1,16 +1,11 @@
-"""What a run records, independent of where it is recorded: the run's name, its flattened
-params, the git commit, the per-epoch metrics callback, and a dry run that records nothing.
-MLflow is not imported here, so a dry run (tracking.enabled=false) never loads it."""
+"""What a run records, wherever it goes: the interface of the two recorders (MLflow's run and the
+dry run), the dry run itself, and the run's name, params and git commit. Imports neither MLflow
+nor Keras, so that a dry run never loads MLflow and a sweep's launcher never loads TensorFlow."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import time
-import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -19,14 +14,60 @@ from src.schema import PROJECT_ROOT
 
 if TYPE_CHECKING:
     import keras
-    from matplotlib.figure import Figure
 
 # Overrides that say where things go rather than what is trained; left out of run names.
 _NOT_IN_RUN_NAME = ("tracking.", "data.dir", "data.cache_dir", "hydra.", "trainer.verbose")
 
 
-class MetricsSink(Protocol):
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None: ...
+class Recorder(Protocol):
+    """Where a training job's records go: :class:`src.tracking.MlflowRun` or :class:`DryRun`."""
+
+    @property
+    def run_id(self) -> str | None: ...
+
+    @property
+    def model_uri(self) -> str | None: ...
+
+    def log_setup(
+        self, params: Mapping[str, Any], tags: Mapping[str, str], texts: Mapping[str, str]
+    ) -> None:
+        """The run's settings as params, facts as tags, and text files (path: content)."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def log_results(
+        self,
+        test_labels: np.ndarray,
+        predicted: np.ndarray,
+        history: Mapping[str, list[float]],
+        model: keras.Model | None,
+    ) -> None:
+        """The test set's true and predicted digits, Keras's per-epoch history, and the model
+        (None: not kept)."""
+
+
+class DryRun:
+    """The recorder of ``tracking.enabled=false``: records nothing."""
+
+    run_id = None
+    model_uri = None
+
+    def log_setup(
+        self, params: Mapping[str, Any], tags: Mapping[str, str], texts: Mapping[str, str]
+    ) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def log_results(
+        self,
+        test_labels: np.ndarray,
+        predicted: np.ndarray,
+        history: Mapping[str, list[float]],
+        model: keras.Model | None,
+    ) -> None:
+        pass
 
 
 def run_name_from_overrides(overrides: Sequence[str]) -> str:
@@ -76,122 +117,3 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() or None
-
-
-@dataclass(frozen=True)
-class DatasetRecord:
-    name: str
-    source: str
-    sha256: str
-    train_size: int
-    val_size: int
-    test_size: int
-
-
-@dataclass(frozen=True)
-class SavedKerasModel:
-    """A Keras model already saved to a ``.keras`` file, standing in for the model where it is
-    logged: MLflow's Keras flavor needs only its shapes (for the signature) and ``save``, so
-    the recording process copies the file instead of loading and saving the model again."""
-
-    path: str
-    input_shape: tuple[int | None, ...]
-    output_shape: tuple[int | None, ...]
-
-    def save(self, destination: str | Path, **_: Any) -> None:
-        shutil.copyfile(self.path, destination)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a run ends: its MLflow status, and for a failure the error, extra tags and the
-    traceback to keep. Plain data, so it can be handed to another process."""
-
-    status: str  # FINISHED, FAILED or KILLED
-    error: str | None = None
-    tags: Mapping[str, str] | None = None
-    traceback: str | None = None
-
-    @classmethod
-    def of(cls, error: BaseException | None) -> Outcome:
-        """The outcome of a job that raised ``error`` (None: it finished)."""
-        if error is None:
-            return cls("FINISHED")
-        if isinstance(error, KeyboardInterrupt):
-            return cls("KILLED", error=f"interrupted ({error})")
-        return cls(
-            "FAILED",
-            error=f"{type(error).__name__}: {error}"[:5000],
-            tags=dict(getattr(error, "run_tags", {})),
-            traceback="".join(traceback.format_exception(error)),
-        )
-
-
-class EpochMetricsLogger:
-    """Logs loss, accuracy, val_loss, val_accuracy, the learning rate and the epoch's seconds
-    after every epoch, with ``step`` the epoch number (1, 2, ...), and keeps them in
-    ``history``. ``callback()`` gives the Keras callback that feeds it."""
-
-    def __init__(self, run: MetricsSink) -> None:
-        self.run = run
-        self.history: dict[str, list[float]] = {}
-        self._started = 0.0
-
-    def epoch_started(self) -> None:
-        self._started = time.perf_counter()
-
-    def epoch_ended(self, epoch: int, logs: Mapping[str, Any], learning_rate: float) -> None:
-        metrics = {name: float(value) for name, value in logs.items()}
-        metrics["learning_rate"] = learning_rate
-        metrics["epoch_seconds"] = time.perf_counter() - self._started
-        for name, value in metrics.items():
-            self.history.setdefault(name, []).append(value)
-        self.run.log_metrics(metrics, step=epoch + 1)
-
-    def callback(self) -> keras.callbacks.Callback:
-        import keras  # Imported here so that the rest of this module does not need Keras.
-
-        logger = self
-
-        class EpochMetrics(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-                logger.epoch_started()
-
-            def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-                learning_rate = float(np.asarray(self.model.optimizer.learning_rate))
-                logger.epoch_ended(epoch, logs or {}, learning_rate)
-
-        return EpochMetrics()
-
-
-class DryRun:
-    """Stands in for an MLflow run when tracking is off: records nothing."""
-
-    run_id = None
-    model_uri = None
-    journal = None
-    records_artifacts = False
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        pass
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        pass
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        pass
-
-    def log_dataset(self, record: DatasetRecord) -> None:
-        pass
-
-    def log_text(self, text: str, artifact_file: str) -> None:
-        pass
-
-    def log_figure(self, figure: Figure, artifact_file: str) -> None:
-        pass
-
-    def log_evaluation(self, matrix: np.ndarray, history: Mapping[str, list[float]]) -> None:
-        pass
-
-    def log_model(self, model: keras.Model) -> None:
-        pass

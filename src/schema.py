@@ -123,9 +123,6 @@ class TrackingConfig:
     # None: a name made from the command-line overrides.
     run_name: str | None = None
     log_model: bool = True
-    # True: MLflow runs in a second process, so that recording costs training no time.
-    # False: everything is recorded from the training process itself.
-    background: bool = True
 
 
 @dataclass

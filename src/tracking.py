@@ -1,308 +1,342 @@
-"""Every MLflow call of the project: the store, the run's lifecycle (with its offline journal
-when a server goes away), params, metrics, artifacts, the model, sweeps' parent runs, the
-queries behind the comparison, and the upload of an offline journal. Nothing else imports
-mlflow."""
+"""Every MLflow call of the project: the store, the run of one job, a sweep's parent run, the
+queries behind the comparison, and the upload of a run recorded while its store was away.
+Nothing else imports mlflow."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
 import json
+import os
 import re
+import shutil
+import socket
 import sys
+import tempfile
 import time
+import traceback
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
+import psutil
 import requests
-from matplotlib.figure import Figure
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
-from src.records import DatasetRecord, Outcome, SavedKerasModel
-from src.store import (
-    TrackingError,
-    check_store,
-    creating,
-    ensure_sqlite_folder,
-    resolve_uri,
-    sqlite_path,
-)
-from src.uris import mask_uri
+from src import report
+from src.errors import TrackingError
+from src.schema import PROJECT_ROOT
+from src.uris import mask_text, mask_uri, without_credentials
 
 if TYPE_CHECKING:
     import keras
 
-MODEL_NAME = "model"
+try:
+    import fcntl
+except ImportError:  # Windows has none: a new store's creation is then not serialised.
+    fcntl = None  # type: ignore[assignment]
 
+# MLflow's own HTTP retries: a lost server is reported within seconds, not after minutes.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+# MLflow prints the run's URL (credentials included) when a run ends; the summary says it.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
-def _artifact_location(uri: str, experiment: str) -> str | None:
-    """For a local SQLite store, artifacts go in an ``artifacts/`` folder beside the database,
-    whatever the working directory; a server decides for itself."""
-    database = sqlite_path(uri)
-    if database is None:
-        return None
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("_") or "experiment"
-    return (database.resolve().parent / "artifacts" / slug).as_uri()
-
-
-# What a lost tracking server looks like from here: the client's own errors, or the network's.
+DEFAULT_STORE = PROJECT_ROOT / "mlruns" / "mlflow.db"
+PARENT_TAG = "mlflow.parentRunId"
+# What a store that stopped answering looks like from here.
 UNREACHABLE = (MlflowException, requests.exceptions.RequestException, OSError)
+RUNNING, FINISHED = RunStatus.to_string(RunStatus.RUNNING), RunStatus.to_string(RunStatus.FINISHED)
 
 
-class Run:
-    """The open MLflow run of one training job.
+# The store.
 
-    Every record goes to the store as it is made. If the store stops answering (a tracking
-    server that died), the run goes offline: this and every later record is written to a
-    journal in ``offline_dir`` instead, to be uploaded later with ``python -m src.replay``,
-    so nothing recorded is lost and training carries on.
+
+def resolve_uri(uri: str | None) -> str:
+    """The tracking URI to use: the project's SQLite store in ``mlruns/`` when none is set."""
+    return uri or f"sqlite:///{DEFAULT_STORE}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+@contextmanager
+def _creating(database: Path) -> Iterator[None]:
+    """Let one process at a time create a new SQLite store: MLflow builds a new database's
+    schema in many transactions, and processes doing it at once fail (4 at once: 3 failed).
+    Whoever finds the database missing creates it (the body of this ``with``) holding an
+    exclusive lock on its folder; the others wait, then open it without holding the lock."""
+    folder = None
+    if fcntl is not None:
+        with contextlib.suppress(OSError):  # A folder that cannot be read: no lock.
+            folder = os.open(database.parent, os.O_RDONLY)
+    if folder is None:
+        yield
+        return
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        if not database.exists() or database.stat().st_size == 0:
+            yield
+            return
+    finally:
+        os.close(folder)  # Releases the lock.
+    yield
+
+
+def prepare_store(uri: str | None, experiment: str) -> tuple[str, str]:
+    """Create the store and the experiment if they do not exist yet, and close the runs of
+    processes on this machine that died without closing them. Returns the tracking URI and
+    the experiment id; a store that cannot be used raises TrackingError."""
+    tracking_uri = resolve_uri(uri)
+    database = _sqlite_path(tracking_uri)
+    try:
+        if database is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
+            if not os.access(database.parent, os.W_OK | os.X_OK):
+                raise PermissionError("permission denied")
+        with _creating(database) if database is not None else contextlib.nullcontext():
+            client = MlflowClient(tracking_uri)
+            experiment_id = _experiment_id(client, experiment, tracking_uri)
+        _close_runs_of_dead_processes(client)
+    except UNREACHABLE as error:
+        raise _store_error(tracking_uri, database, error) from error
+    return tracking_uri, experiment_id
+
+
+def _store_error(uri: str, database: Path | None, error: BaseException) -> TrackingError:
+    if database is not None:
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        return TrackingError(
+            f"tracking.uri={uri}: {database.parent} cannot be written ({reason}); "
+            "choose a folder you can write"
+        )
+    reason = mask_text(str(getattr(error, "message", error)).splitlines()[0][:300])
+    return TrackingError(
+        f"tracking.uri={mask_uri(uri)}: no tracking server answers there ({reason}); "
+        "start it (mlflow server --host 127.0.0.1 --port PORT) or fix the URI"
+    )
+
+
+def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    """The named experiment's id, created if it does not exist yet (here or concurrently)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        database = _sqlite_path(uri)
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "experiment"
+        # A local store keeps its artifacts beside its database, whatever the working folder.
+        location = (database.parent / "artifacts" / slug).resolve().as_uri() if database else None
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException as error:
+            experiment = client.get_experiment_by_name(name)
+            if error.error_code != "RESOURCE_ALREADY_EXISTS" or experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"tracking.experiment={name} is deleted in {mask_uri(uri)}: restore it in the UI "
+            "or choose another name"
+        )
+    return str(experiment.experiment_id)
+
+
+def ui_hint(uri: str) -> str:
+    """How to look at the runs of this store."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {without_credentials(uri)} in a browser"
+    if uri == resolve_uri(None):
+        return "run `make ui` and open http://127.0.0.1:5000"
+    return (
+        f"run `mlflow ui --backend-store-uri {uri} --host 127.0.0.1` and open http://127.0.0.1:5000"
+    )
+
+
+# Runs whose process died (kill -9, the out-of-memory killer): every run records its host and
+# process, and the next process that opens the store closes them.
+
+
+def _process_tags() -> dict[str, str]:
+    me = psutil.Process()
+    return {
+        "process.host": socket.gethostname(),
+        "process.pid": str(me.pid),
+        "process.started": repr(me.create_time()),
+    }
+
+
+def _close_runs_of_dead_processes(client: MlflowClient) -> None:
+    """Close as KILLED the RUNNING runs whose process, on this machine, is gone."""
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    host = socket.gethostname().replace("'", "")
+    for run in client.search_runs(
+        experiments, f"attributes.status = 'RUNNING' and tags.`process.host` = '{host}'"
+    ):
+        tags = run.data.tags
+        with contextlib.suppress(psutil.Error, KeyError, ValueError):
+            started = psutil.Process(int(tags["process.pid"])).create_time()
+            if abs(started - float(tags["process.started"])) < 1:
+                continue  # Still running.
+        reason = f"its process ({tags.get('process.pid')}) ended without closing it"
+        client.set_tag(run.info.run_id, "error", reason)
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        print(f"Run {run.info.run_id} closed KILLED: {reason}.", file=sys.stderr)
+
+
+# One job's run.
+
+
+class MlflowRun:
+    """One job's open MLflow run: the :class:`src.records.Recorder` that records into MLflow.
+
+    Params, tags and per-epoch metrics go through MLflow's asynchronous logging, so a slow or
+    lost server never stalls training; files are written to a local folder and sent with the
+    model when the run closes. A copy of every record is kept, so that a store that stopped
+    answering loses nothing: the whole run is then kept in ``offline-<run id>/`` in the job's
+    folder, to be sent with ``python -m src.replay``.
     """
 
-    records_artifacts = True
-
-    def __init__(self, run_id: str, uri: str, offline_dir: Path) -> None:
-        self.run_id = run_id
-        self.uri = uri
+    def __init__(self, run_id: str, uri: str, output_dir: Path) -> None:
+        self.run_id: str = run_id
         self.model_uri: str | None = None
-        self.offline_dir = offline_dir
-        self.journal: Path | None = None  # Set once the run has gone offline.
-        self._client = MlflowClient(uri)
+        self._output_dir = output_dir
+        self._folder = Path(tempfile.mkdtemp(prefix="mnist-run-"))  # artifacts/, model.keras
+        self._record: dict[str, Any] = {"run_id": run_id, "uri": uri, "params": {}, "tags": {}}
+        self._record["metrics"] = []
+        self._sending: list[Any] = []  # MLflow's handles on the asynchronous records
+        self._model: keras.Model | None = None
 
-    def _send(self, record: dict[str, Any], send: Any) -> bool:
-        """Send one record, or journal it if the store is unreachable. True if it was sent."""
-        if self.journal is None and self._try(send):
-            return True
-        self._write(record)
-        return False
-
-    def _try(self, send: Any) -> bool:
-        """Send; on an error, send once more if the store still answers (a transient conflict
-        between concurrent writers), else go offline. True if it was sent."""
-        for attempt in (1, 2):
-            try:
-                send()
-                return True
-            except UNREACHABLE as error:
-                if attempt == 2 or not self._store_answers():
-                    self._go_offline(error)
-        return False
-
-    def _store_answers(self) -> bool:
-        try:
-            check_store(self.uri)
-        except TrackingError:
-            return False
-        return True
-
-    def _go_offline(self, error: BaseException) -> None:
-        self.offline_dir.mkdir(parents=True, exist_ok=True)
-        self.journal = self.offline_dir / f"offline-{self.run_id}.jsonl"
-        self._write({"op": "run", "run_id": self.run_id, "uri": mask_uri(self.uri)})
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        print(
-            f"warning: the tracking store {mask_uri(self.uri)} stopped answering ({reason[:300]}); "
-            f"training goes on and the rest of this run is written to {self.journal}",
-            file=sys.stderr,
-        )
-
-    def _write(self, record: Mapping[str, Any]) -> None:
-        assert self.journal is not None
-        with self.journal.open("a") as stream:
-            stream.write(json.dumps(record) + "\n")
-
-    def _local_copy(self, artifact_file: str) -> Path:
-        path = self.offline_dir / f"offline-{self.run_id}-files" / artifact_file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
+    def log_setup(
+        self, params: Mapping[str, Any], tags: Mapping[str, str], texts: Mapping[str, str]
+    ) -> None:
         values = {key: str(_param_value(value)) for key, value in params.items()}
-        self._send(
-            {"op": "params", "params": values},
-            lambda: self._client.log_batch(
-                self.run_id, params=[Param(key, value) for key, value in values.items()]
-            ),
-        )
+        self._record["params"].update(values)
+        self._sending.append(mlflow.log_params(values, synchronous=False))
+        self._set_tags(tags)
+        for artifact_file, text in texts.items():
+            self._artifact(artifact_file).write_text(text)
 
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        values = {key: str(value) for key, value in tags.items()}
-        self._send(
-            {"op": "tags", "tags": values},
-            lambda: self._client.log_batch(
-                self.run_id, tags=[RunTag(key, value) for key, value in values.items()]
-            ),
-        )
+    def _set_tags(self, tags: Mapping[str, str]) -> None:
+        self._record["tags"].update(tags)
+        self._sending.append(mlflow.set_tags(dict(tags), synchronous=False))
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        stamp = int(time.time() * 1000)
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         values = {name: float(value) for name, value in metrics.items()}
-        self._send(
-            {"op": "metrics", "metrics": values, "step": step, "timestamp": stamp},
-            lambda: self._client.log_batch(
-                self.run_id,
-                metrics=[Metric(name, value, stamp, step) for name, value in values.items()],
-            ),
+        stamp = int(time.time() * 1000)
+        self._record["metrics"].append([values, step, stamp])
+        self._sending.append(mlflow.log_metrics(values, step, synchronous=False, timestamp=stamp))
+
+    def log_results(
+        self,
+        test_labels: np.ndarray,
+        predicted: np.ndarray,
+        history: Mapping[str, list[float]],
+        model: keras.Model | None,
+    ) -> None:
+        matrix = report.confusion_matrix(test_labels, predicted)
+        self._artifact("evaluation/confusion_matrix.csv").write_text(
+            report.confusion_matrix_csv(matrix)
         )
-
-    def log_dataset(self, record: DatasetRecord) -> None:
-        self.set_tags(
-            {
-                "dataset.name": record.name,
-                "dataset.source": record.source,
-                "dataset.sha256": record.sha256,
-                "dataset.sizes": f"train={record.train_size} val={record.val_size} "
-                f"test={record.test_size}",
-            }
-        )
-        with warnings.catch_warnings():
-            # A local path matches several equivalent source types; MLflow picks one and warns.
-            warnings.simplefilter("ignore", UserWarning)
-            source = resolve_dataset_source(record.source)
-        dataset = MetaDataset(  # type: ignore[abstract]
-            source=source, name=record.name, digest=record.sha256[:16]
-        )
-        # The tags above carry the same facts, so an offline run journals nothing more here.
-        self._send({"op": "noop"}, lambda: mlflow.log_input(dataset, context="training"))
-
-    def log_text(self, text: str, artifact_file: str) -> None:
-        def journal_copy() -> None:
-            self._local_copy(artifact_file).write_text(text)
-
-        self._artifact(
-            artifact_file,
-            lambda: self._client.log_text(self.run_id, text, artifact_file),
-            journal_copy,
-        )
-
-    def log_figure(self, figure: Figure, artifact_file: str) -> None:
-        def journal_copy() -> None:
-            figure.savefig(self._local_copy(artifact_file))
-
-        self._artifact(
-            artifact_file,
-            lambda: self._client.log_figure(self.run_id, figure, artifact_file),
-            journal_copy,
-        )
-
-    def _artifact(self, artifact_file: str, send: Any, journal_copy: Any) -> None:
-        record = {"op": "artifact", "path": artifact_file}
-        if self.journal is None and self._try(send):
-            return
-        journal_copy()
-        self._write(record)
-
-    def log_model(self, model: keras.Model | SavedKerasModel) -> str | None:
-        """Log the model with MLflow's Keras flavor, in Keras's native format, with a signature:
-        float32 images (n, 28, 28, 1) in, class probabilities (n, 10) out. Returns its URI and
-        tags the run with it as ``model_uri`` (None if the run is offline: the model is then
-        saved beside the journal)."""
-        logged: list[Any] = []
-
-        def send() -> None:
-            logged.append(log_keras_model(model))
-
-        if self.journal is None and self._try(send):
-            self.model_uri = logged[-1].model_uri
-            self.set_tags({"model_uri": logged[-1].model_uri})
-            return self.model_uri
-        path = self._local_copy("model.keras")
-        model.save(path)
-        self._write({"op": "model", "path": str(path)})
-        return None
-
-    def log_evaluation(self, matrix: np.ndarray, history: Mapping[str, list[float]]) -> None:
-        """The confusion matrix (CSV and picture) and the training curves."""
-        from src import report
-
-        self.log_text(report.confusion_matrix_csv(matrix), "evaluation/confusion_matrix.csv")
         for figure, path in (
             (report.plot_confusion_matrix(matrix), "evaluation/confusion_matrix.png"),
             (report.plot_training_curves(history), "plots/training_curves.png"),
         ):
-            self.log_figure(figure, path)
+            figure.savefig(self._artifact(path))
             report.close(figure)
+        self._model = model  # Sent when the run closes.
 
-    def close(self, outcome: Outcome) -> None:
-        """End the run with ``outcome``: a failure keeps its error as a tag and its traceback
-        as an artifact. Says where the journal is if part of the run could not be sent."""
-        if outcome.error is not None:
-            self.set_tags({"error": outcome.error, **(outcome.tags or {})})
-        if outcome.traceback is not None:
-            self.log_text(outcome.traceback, "error/traceback.txt")
-        self.end(outcome.status)
-        if self.journal is not None:
+    def _artifact(self, artifact_file: str) -> Path:
+        path = self._folder / "artifacts" / artifact_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def close(self, status: str, error: BaseException | None = None) -> None:
+        """Send what is left and end the run with ``status``, keeping a failure's error in the
+        tag ``error`` and its traceback in ``error/traceback.txt``; if the store does not
+        answer, keep the whole run in the job's folder instead."""
+        if error is not None:
+            trace = traceback.format_exception(error)
+            self._artifact("error/traceback.txt").write_text("".join(trace))
+            reason = f"{type(error).__name__}: {error}"[:5000]
+            self._set_tags({"error": reason, **getattr(error, "run_tags", {})})
+        self._record["status"] = status
+        try:
+            for sending in self._sending:
+                sending.wait()  # Raises the error of a record that was not sent.
+            self.model_uri = _send_files(self._folder, self._record["tags"], self._model)
+            mlflow.end_run(status)
+        except UNREACHABLE as lost:
+            with contextlib.suppress(*UNREACHABLE):
+                mlflow.end_run(status)  # The fluent API forgets the run before asking the store.
+            self._keep_offline(lost)
+        finally:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+    def _keep_offline(self, error: BaseException) -> None:
+        folder = self._output_dir / f"offline-{self.run_id}"
+        shutil.copytree(self._folder, folder, dirs_exist_ok=True)
+        if self._model is not None:
+            self._model.save(folder / "model.keras")
+        (folder / "run.json").write_text(json.dumps(self._record))
+        reason = str(getattr(error, "message", error)).splitlines()[0][:300]
+        print(f"warning: the tracking store stopped answering ({reason}).", file=sys.stderr)
+        try:
+            self.model_uri = replay(folder)
+            print(f"It answers again: run {self.run_id} was sent in full.", file=sys.stderr)
+        except UNREACHABLE:
             print(
-                f"warning: part of run {self.run_id} could not reach {mask_uri(self.uri)} and "
-                f"is in {self.journal}; upload it when the store is back with:\n"
-                f"  python -m src.replay {self.journal}",
+                f"The whole run is kept in {folder}; send it when the store is back with:\n"
+                f"  python -m src.replay {folder}",
                 file=sys.stderr,
             )
 
-    def end(self, status: str) -> None:
-        """Close the run, through the fluent API that opened it. An offline run first tries
-        once more to send its journal, so that a store that is back gets everything."""
 
-        def close() -> None:
-            if mlflow.active_run() is not None:
-                mlflow.end_run(status)  # Pops the fluent API's run, then tells the store.
-            else:
-                self._client.set_terminated(self.run_id, status=status)
-
-        if self.journal is None and self._try(close):
-            return
-        self._write({"op": "end", "status": status})
-        # Clear the fluent API's active run (it is popped before the store is asked).
-        with contextlib.suppress(*UNREACHABLE):
-            mlflow.end_run(status)
-        if self.journal is not None and self._store_answers():
-            with contextlib.suppress(*UNREACHABLE):
-                replay_journal(self.journal)
-                print(
-                    f"The tracking store answers again: {self.journal} was sent into the run.",
-                    file=sys.stderr,
-                )
-                self.journal = None
-
-
-def log_keras_model(model: keras.Model | SavedKerasModel) -> Any:
-    """Log the model into the active run with MLflow's Keras flavor; returns MLflow's ModelInfo."""
-    return mlflow.keras.log_model(
-        model,
-        name=MODEL_NAME,
-        signature=model_signature(model),
-        pip_requirements=model_requirements(),
+def _send_files(folder: Path, tags: Mapping[str, str], model: keras.Model | None) -> str | None:
+    """Send a run's files, dataset and model into the active run; returns the model's URI."""
+    if (folder / "artifacts").is_dir():
+        mlflow.log_artifacts(str(folder / "artifacts"))
+    with warnings.catch_warnings():
+        # A local path matches several equivalent source types; MLflow picks one and warns.
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(tags["dataset.source"])
+    digest = tags["dataset.sha256"][:16]
+    dataset = MetaDataset(source, name=tags["dataset.name"], digest=digest)  # type: ignore[abstract]
+    mlflow.log_input(dataset, context="training")
+    if model is None:
+        return None
+    signature, requirements = model_signature(model), _requirements()
+    info = mlflow.keras.log_model(
+        model, name="model", signature=signature, pip_requirements=requirements
     )
+    mlflow.set_tag("model_uri", info.model_uri)
+    return str(info.model_uri)
 
 
-def model_signature(model: keras.Model | SavedKerasModel) -> ModelSignature:
+def model_signature(model: keras.Model) -> ModelSignature:
     """Float32 images in, probabilities out. The input is unnamed: with a name, MLflow hands
     the model a dict, which Keras warns about on every predict."""
-    input_shape = (-1, *model.input_shape[1:])
-    output_shape = (-1, *model.output_shape[1:])
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), input_shape)]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), output_shape, "probabilities")]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *model.input_shape[1:]))]),
+        outputs=Schema(
+            [TensorSpec(np.dtype(np.float32), (-1, *model.output_shape[1:]), "probabilities")]
+        ),
     )
 
 
-def model_requirements() -> list[str]:
-    """Explicit requirements: inferring them costs seconds per run."""
-    return [
-        f"{package}=={importlib.metadata.version(package)}"
-        for package in ("mlflow", "keras", "tensorflow")
-    ]
+def _requirements() -> list[str]:
+    """Explicit requirements: MLflow's inference of them costs seconds per run."""
+    packages = ("mlflow", "keras", "tensorflow")
+    return [f"{package}=={importlib.metadata.version(package)}" for package in packages]
 
 
 def _param_value(value: Any) -> Any:
@@ -313,128 +347,98 @@ def _param_value(value: Any) -> Any:
     return "null" if value is None else value
 
 
-def open_run(
-    uri: str | None,
-    experiment: str,
-    run_name: str,
-    tags: Mapping[str, str],
-    offline_dir: Path,
-) -> Run:
-    """Open one run in the store (creating the store and the experiment if needed)."""
-    tracking_uri, experiment_id = prepare_store(uri, experiment)
-    mlflow.set_tracking_uri(tracking_uri)
-    active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags))
-    return Run(active.info.run_id, tracking_uri, offline_dir)
-
-
 @contextmanager
 def start_run(
-    uri: str | None,
-    experiment: str,
-    run_name: str,
-    tags: Mapping[str, str],
-    offline_dir: Path,
-) -> Iterator[Run]:
-    """Open one run and close it with the status the job earned: FINISHED, FAILED (with the
-    error as a tag and the traceback as an artifact) or KILLED on an interrupt."""
-    run = open_run(uri, experiment, run_name, tags, offline_dir)
+    uri: str | None, experiment: str, run_name: str, tags: Mapping[str, str], output_dir: Path
+) -> Iterator[MlflowRun]:
+    """Open one job's run and close it with the status it earned: FINISHED, FAILED if the job
+    raised, KILLED on an interrupt."""
+    tracking_uri, experiment_id = prepare_store(uri, experiment)
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        opened = mlflow.start_run(
+            experiment_id=experiment_id, run_name=run_name, tags={**tags, **_process_tags()}
+        )
+    except UNREACHABLE as error:
+        raise _store_error(tracking_uri, None, error) from error
+    run = MlflowRun(opened.info.run_id, tracking_uri, output_dir)
     try:
         yield run
+    except KeyboardInterrupt as error:
+        run.close("KILLED", error)
+        raise
     except BaseException as error:
-        run.close(Outcome.of(error))
+        run.close("FAILED", error)
         raise
     else:
-        run.close(Outcome.of(None))
+        run.close(FINISHED)
 
 
-def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    """The id of the named experiment, created if it does not exist yet (by this process or
-    by a concurrent one)."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        try:
-            return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
-        except MlflowException as error:
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                raise
-    if experiment.lifecycle_stage == "deleted":
-        raise TrackingError(
-            f"tracking.experiment={name} is deleted in {uri}: restore it in the UI or "
-            "choose another name"
-        )
-    return str(experiment.experiment_id)
+def replay(folder: Path, uri: str | None = None) -> str | None:
+    """Send a run kept in ``folder`` while its store was away into its run (``uri``: another
+    store than the one it was started in), and close it as it ended. Returns the model's URI."""
+    import keras
+
+    record = json.loads((folder / "run.json").read_text())
+    mlflow.set_tracking_uri(uri or record["uri"])
+    metrics = [
+        Metric(name, value, stamp, step)
+        for values, step, stamp in record["metrics"]
+        for name, value in values.items()
+    ]
+    params = [Param(key, value) for key, value in record["params"].items()]
+    tags = [RunTag(key, value) for key, value in record["tags"].items()]
+    model_file = folder / "model.keras"
+    model = keras.saving.load_model(model_file, safe_mode=True) if model_file.exists() else None
+    with mlflow.start_run(record["run_id"]):  # Running again, whatever it was marked meanwhile.
+        MlflowClient().log_batch(record["run_id"], metrics=metrics, params=params, tags=tags)
+        model_uri = _send_files(folder, record["tags"], model)
+        mlflow.end_run(record["status"])
+    folder.rename(folder.with_name(folder.name + ".sent"))
+    return model_uri
 
 
 # Sweeps: one parent run per multirun, the jobs' runs nested under it. The parent is handled
-# through the client API (not the fluent "active run"), so that jobs running in the same
-# process can open their own runs freely.
-
-PARENT_TAG = "mlflow.parentRunId"
+# through the client, not the fluent API's active run, so that jobs in the same process can
+# open their own runs freely.
 
 
-@dataclass(frozen=True)
-class RunSummary:
-    """What the comparison of runs needs to know of one run."""
-
-    run_id: str
-    name: str
-    status: str
-    params: dict[str, str]
-    metrics: dict[str, float]
-    tags: dict[str, str]
-
-
-def prepare_store(uri: str | None, experiment: str) -> tuple[str, str]:
-    """Create the store (its database schema) and the experiment if they do not exist yet, so
-    that concurrent jobs find them ready. Returns the tracking URI and the experiment id."""
-    tracking_uri = resolve_uri(uri)
-    ensure_sqlite_folder(tracking_uri)
-    with creating(tracking_uri):
-        return tracking_uri, _experiment_id(MlflowClient(tracking_uri), experiment, tracking_uri)
-
-
-def find_sweep_to_resume(uri: str, experiment_id: str, fingerprint: str) -> str | None:
-    """The newest unfinished (interrupted or failed) sweep run with this fingerprint, if any."""
-    runs = MlflowClient(uri).search_runs(
+def open_sweep_run(
+    uri: str | None, experiment: str, name: str, tags: Mapping[str, str], resume: bool
+) -> tuple[str, str, bool]:
+    """Open a sweep's parent run, or with ``resume`` reopen the newest unfinished one with the
+    same ``sweep_fingerprint`` tag. Returns the tracking URI, the parent's id, and whether it
+    was reopened."""
+    tracking_uri, experiment_id = prepare_store(uri, experiment)
+    client = MlflowClient(tracking_uri)
+    previous = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.sweep_fingerprint = '{fingerprint}'",
+        filter_string=f"tags.sweep_fingerprint = '{tags['sweep_fingerprint']}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
-    if runs and runs[0].info.status != RunStatus.to_string(RunStatus.FINISHED):
-        return str(runs[0].info.run_id)
-    return None
+    if resume and previous and previous[0].info.status != FINISHED:
+        run_id = previous[0].info.run_id
+        client.update_run(run_id, status=RUNNING)
+        for key, value in {**_process_tags(), "sweep_resumed": "true"}.items():
+            client.set_tag(run_id, key, value)
+        return tracking_uri, run_id, True
+    run = client.create_run(experiment_id, run_name=name, tags={**tags, **_process_tags()})
+    return tracking_uri, run.info.run_id, False
 
 
-def start_sweep_run(
-    uri: str, experiment_id: str, name: str, tags: Mapping[str, str], resume_run_id: str | None
-) -> str:
-    """Open the sweep's parent run (or reopen an interrupted one) and return its id."""
-    client = MlflowClient(uri)
-    if resume_run_id is not None:
-        client.update_run(resume_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        client.set_tag(resume_run_id, "sweep_resumed", "true")
-        return resume_run_id
-    run = client.create_run(experiment_id, run_name=name, tags=dict(tags))
-    return str(run.info.run_id)
-
-
-def reusable_child_run(uri: str, parent_run_id: str, config_hash: str) -> RunSummary | None:
+def reusable_child_run(uri: str | None, parent_run_id: str, config_hash: str) -> Run | None:
     """A finished child run of this sweep that trained exactly this config, if there is one."""
-    client = MlflowClient(uri)
-    parent = client.get_run(parent_run_id)
+    client = MlflowClient(resolve_uri(uri))
     runs = client.search_runs(
-        [parent.info.experiment_id],
+        [client.get_run(parent_run_id).info.experiment_id],
         filter_string=(
             f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.config_hash = '{config_hash}' "
             "and attributes.status = 'FINISHED'"
         ),
         max_results=1,
     )
-    return _summary(runs[0]) if runs else None
+    return runs[0] if runs else None
 
 
 def find_runs(
@@ -443,13 +447,13 @@ def find_runs(
     parent_run_id: str | None = None,
     filter_string: str = "",
     max_results: int = 1000,
-) -> list[RunSummary]:
+) -> list[Run]:
     """Runs of an experiment, optionally only one sweep's children, newest first."""
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return []
-    clauses = [clause for clause in (filter_string.strip(),) if clause]
+    clauses = [filter_string.strip()] if filter_string.strip() else []
     if parent_run_id is not None:
         clauses.append(f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
     runs = client.search_runs(
@@ -458,21 +462,12 @@ def find_runs(
         order_by=["attributes.start_time DESC"],
         max_results=max_results,
     )
-    return [_summary(run) for run in runs]
+    return list(runs)
 
 
 def latest_sweep_run_id(uri: str, experiment: str) -> str | None:
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return None
-    runs = client.search_runs(
-        [found.experiment_id],
-        filter_string="tags.sweep_role = 'parent'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return str(runs[0].info.run_id) if runs else None
+    sweeps = find_runs(uri, experiment, filter_string="tags.sweep_role = 'parent'", max_results=1)
+    return str(sweeps[0].info.run_id) if sweeps else None
 
 
 def metric_history(uri: str, run_id: str, metric: str) -> list[tuple[int, float]]:
@@ -486,14 +481,16 @@ def log_to_run(
     metrics: Mapping[str, float] | None = None,
     tags: Mapping[str, str] | None = None,
     texts: Mapping[str, str] | None = None,
-    figures: Mapping[str, Figure] | None = None,
+    figures: Mapping[str, Any] | None = None,
 ) -> None:
     """Record metrics, tags, text and figure artifacts on a run that is not the active one."""
     client = MlflowClient(uri)
-    for name, number in (metrics or {}).items():
-        client.log_metric(run_id, name, number)
-    for key, text in (tags or {}).items():
-        client.set_tag(run_id, key, text)
+    stamp = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(name, value, stamp, 0) for name, value in (metrics or {}).items()],
+        tags=[RunTag(key, value) for key, value in (tags or {}).items()],
+    )
     for path, content in (texts or {}).items():
         client.log_text(run_id, content, path)
     for path, figure in (figures or {}).items():
@@ -503,58 +500,5 @@ def log_to_run(
 def end_run(uri: str, run_id: str, status: str) -> None:
     """Close a run with FINISHED, FAILED or KILLED, unless it is closed already."""
     client = MlflowClient(uri)
-    if client.get_run(run_id).info.status == RunStatus.to_string(RunStatus.RUNNING):
+    if client.get_run(run_id).info.status == RUNNING:
         client.set_terminated(run_id, status=status)
-
-
-def _summary(run: Any) -> RunSummary:
-    return RunSummary(
-        run_id=run.info.run_id,
-        name=run.info.run_name or "",
-        status=run.info.status,
-        params=dict(run.data.params),
-        metrics=dict(run.data.metrics),
-        tags=dict(run.data.tags),
-    )
-
-
-def replay_journal(journal: Path, uri: str | None = None) -> tuple[str, str]:
-    """Upload what an offline run wrote to ``journal`` (see :class:`Run`) into its run, then
-    close the run with the status it ended with. Returns the run id and that status."""
-    records = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
-    if not records or records[0].get("op") != "run":
-        raise TrackingError(f"{journal}: not an offline run journal written by this project")
-    run_id = records[0]["run_id"]
-    tracking_uri = uri or records[0]["uri"]
-    client = MlflowClient(tracking_uri)
-    files = journal.parent / f"offline-{run_id}-files"
-    # A journal without an end record belongs to a process that died before closing its run.
-    status = RunStatus.to_string(RunStatus.FAILED)
-    for record in records[1:]:
-        op = record["op"]
-        if op == "params":
-            params = [Param(key, value) for key, value in record["params"].items()]
-            client.log_batch(run_id, params=params)
-        elif op == "tags":
-            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in record["tags"].items()])
-        elif op == "metrics":
-            stamp, step = record["timestamp"], record["step"]
-            metrics = [Metric(k, v, stamp, step) for k, v in record["metrics"].items()]
-            client.log_batch(run_id, metrics=metrics)
-        elif op == "artifact":
-            folder = str(Path(record["path"]).parent)
-            artifact_path = None if folder == "." else folder
-            client.log_artifact(run_id, str(files / record["path"]), artifact_path=artifact_path)
-        elif op == "model":
-            import keras
-
-            model = keras.saving.load_model(record["path"], safe_mode=True)
-            mlflow.set_tracking_uri(tracking_uri)
-            with mlflow.start_run(run_id=run_id):
-                info = log_keras_model(model)
-            client.set_tag(run_id, "model_uri", info.model_uri)
-        elif op == "end":
-            status = record["status"]
-    client.set_terminated(run_id, status=status)
-    journal.rename(journal.with_suffix(".uploaded"))
-    return run_id, status

@@ -5,9 +5,9 @@
     python -m src.train --help                           # every option
 
 ``train(cfg)`` holds the pipeline, step by step as in the tutorial: load, build, compile, fit,
-evaluate, log. ``main`` is the Hydra entry point: it only calls ``train`` and returns the metric
-a sweeper optimises. TensorFlow and MLflow are imported inside ``train`` so that ``--help`` and
-``--cfg job`` answer at once.
+evaluate, record. ``main`` is the Hydra entry point: it only calls ``train`` and returns the
+metric a sweeper optimises. TensorFlow and MLflow are imported inside ``train`` so that
+``--help`` and ``--cfg job`` answer at once.
 """
 
 from __future__ import annotations
@@ -15,20 +15,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from src import signals
-from src.errors import PipelineError
+from src import records, signals
+from src.errors import DivergedError, PipelineError
 from src.schema import ConfigError, LabelEncoding, register_configs, validate
 from src.sweep import (
     JobResult,
@@ -39,6 +40,11 @@ from src.sweep import (
     write_job_result,
 )
 from src.uris import mask_overrides, mask_uri
+
+if TYPE_CHECKING:
+    import keras
+
+    from src.data import RawMnist, Splits
 
 register_configs()
 
@@ -62,166 +68,75 @@ def train(
     sweep the job belongs to, if any."""
     started = time.perf_counter()
     validate(cfg)
-    from src import data, records
-
-    background = cfg.tracking.enabled and cfg.tracking.background
-    if cfg.tracking.enabled:
-        from src import store
-
-        # Check, before anything is read or recorded, that the store can be used.
-        store.check_store(cfg.tracking.uri)
-    if background:
-        from src.recorder import Recorder
-
-        # Started first: it loads MLflow while this process loads TensorFlow and the data.
-        recorder = Recorder.get()
+    overrides = mask_overrides(list(overrides))
     fingerprint = config_hash(cfg)
     if sweep is not None and sweep.resumed and not sweep.rerun:
-        from src import tracking
-
-        uri = tracking.resolve_uri(cfg.tracking.uri)
-        done = tracking.reusable_child_run(uri, sweep.parent_run_id, fingerprint)
-        if done is not None:
-            print(
-                f"Job {sweep.job_number}: reusing finished run {done.run_id} "
-                "(sweep.rerun=true trains it again)"
-            )
-            return TrainResult(done.run_id, done.tags.get("model_uri"), done.metrics, reused=True)
+        reused = _reuse_finished_job(cfg, sweep, fingerprint)
+        if reused is not None:
+            return reused
 
     # Load: the data is read and checked before anything is recorded.
+    from src import data
+
     raw = data.load_mnist(
         cfg.data.dir, cfg.data.cache_dir, cfg.data.url, cfg.data.sha256, cfg.data.verify
     )
     one_hot = LabelEncoding(cfg.loss.label_encoding) is LabelEncoding.one_hot
     splits = data.prepare(raw, cfg.data.val_fraction, cfg.trainer.seed, one_hot, cfg.data.limit)
 
-    settings = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    # What is recorded never holds a password from a tracking URI.
-    if settings["tracking"]["uri"]:
-        settings["tracking"]["uri"] = mask_uri(settings["tracking"]["uri"])
-    overrides = mask_overrides(list(overrides))
-    run_name = cfg.tracking.run_name or records.run_name_from_overrides(overrides)
-    tags = _run_tags(overrides, fingerprint, sweep)
-    if background:
-        # The run is opened while TensorFlow loads; entering the context waits for it.
-        recording: Any = recorder.start_run(
-            cfg.tracking.uri,
-            cfg.tracking.experiment,
-            run_name,
-            tags,
-            _output_dir(),
-            logs_model=cfg.tracking.log_model,
-        )
-    elif cfg.tracking.enabled:
-        from src import tracking
+    model, loss = _build_and_compile(cfg, len(splits.x_train))
+    with _open_run(cfg, overrides, sweep, fingerprint) as run:
+        run.log_setup(*_setup_records(cfg, overrides, model, raw, splits))
+        history, fit_seconds = _fit(cfg, model, splits, run)
+        metrics, predicted = _evaluate(model, loss, splits)
+        samples = len(splits.x_train) * cfg.trainer.epochs
+        metrics.update(fit_seconds=fit_seconds, train_samples_per_second=samples / fit_seconds)
+        run.log_metrics(metrics, step=cfg.trainer.epochs)
+        kept_model = model if cfg.tracking.log_model else None
+        run.log_results(splits.test_labels, predicted, history, kept_model)
 
-        recording = tracking.start_run(
-            cfg.tracking.uri, cfg.tracking.experiment, run_name, tags, _output_dir()
-        )
-    else:
-        recording = contextlib.nullcontext(records.DryRun())
-
-    with recording as run:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter.
-        import keras
-        import numpy as np
-        from hydra.utils import instantiate
-
-        from src.divergence import divergence_guard
-
-        # Build and compile.
-        keras.utils.set_random_seed(cfg.trainer.seed)
-        model = instantiate(cfg.model)
-        loss = instantiate(cfg.loss.fn)
-        steps_per_epoch = -(-len(splits.x_train) // cfg.trainer.batch_size)
-        learning_rate = instantiate(
-            cfg.schedule,
-            learning_rate=cfg.optimizer.learning_rate,
-            total_steps=steps_per_epoch * cfg.trainer.epochs,
-        )
-        model.compile(
-            optimizer=instantiate(cfg.optimizer, _partial_=True)(learning_rate=learning_rate),
-            loss=loss,
-            metrics=["accuracy"],
-            steps_per_execution=cfg.trainer.steps_per_execution,
-        )
-
-        run.log_params({**records.flatten(settings), "model.parameter_count": model.count_params()})
-        run.log_dataset(
-            records.DatasetRecord(
-                name="mnist",
-                source=raw.source,
-                sha256=raw.sha256,
-                train_size=len(splits.x_train),
-                val_size=len(splits.x_val),
-                test_size=len(splits.x_test),
-            )
-        )
-        if run.records_artifacts:
-            run.log_text(OmegaConf.to_yaml(settings), "config/config.yaml")
-            run.log_text(OmegaConf.to_yaml(list(overrides)), "config/overrides.yaml")
-            summary: list[str] = []
-            model.summary(print_fn=lambda line, **_: summary.append(line))
-            run.log_text("\n".join(summary) + "\n", "model_summary.txt")
-
-        # Fit, with the per-epoch metrics recorded as they come.
-        epoch_metrics = records.EpochMetricsLogger(run)
-        fit_started = time.perf_counter()
-        model.fit(
-            splits.x_train,
-            splits.y_train,
-            batch_size=cfg.trainer.batch_size,
-            epochs=cfg.trainer.epochs,
-            shuffle=cfg.trainer.shuffle,
-            validation_data=(splits.x_val, splits.y_val) if len(splits.x_val) else None,
-            callbacks=[divergence_guard(), epoch_metrics.callback()],
-            verbose=cfg.trainer.verbose,
-        )
-
-        fit_seconds = time.perf_counter() - fit_started
-        train_samples = len(splits.x_train) * cfg.trainer.epochs
-        run.log_metrics(
-            {"fit_seconds": fit_seconds, "train_samples_per_second": train_samples / fit_seconds},
-            step=cfg.trainer.epochs,
-        )
-
-        if cfg.tracking.log_model:
-            # Logged while the test set is evaluated, when recording in the background.
-            run.log_model(model)
-
-        # Evaluate on the test set, once, with one forward pass.
-        probabilities = model.predict(splits.x_test, batch_size=_EVALUATION_BATCH_SIZE, verbose=0)
-        predicted = probabilities.argmax(axis=1)
-        test_metrics = {
-            "test_loss": float(keras.ops.convert_to_numpy(loss(splits.y_test, probabilities))),
-            "test_accuracy": float(np.mean(predicted == splits.test_labels)),
-        }
-        run.log_metrics(test_metrics, step=cfg.trainer.epochs)
-        if run.records_artifacts:
-            from src import report
-
-            matrix = report.confusion_matrix(splits.test_labels, predicted)
-            run.log_evaluation(matrix, epoch_metrics.history)
-
-    metrics = {name: values[-1] for name, values in epoch_metrics.history.items()}
-    metrics.update(test_metrics)
-    metrics.update(fit_seconds=fit_seconds, train_samples_per_second=train_samples / fit_seconds)
+    metrics.update({name: values[-1] for name, values in history.items()})
     result = TrainResult(run_id=run.run_id, model_uri=run.model_uri, metrics=metrics)
     if HydraConfig.initialized():
         # The outcome, machine-readable, in the job's folder (benchmarks and scripts read it).
         # job_seconds: the whole job, from its config to its run closed in the store.
         outcome = {**dataclasses.asdict(result), "job_seconds": time.perf_counter() - started}
         (_output_dir() / "result.json").write_text(json.dumps(outcome, indent=1))
-    hint = store.ui_hint(store.resolve_uri(cfg.tracking.uri)) if cfg.tracking.enabled else None
-    _print_summary(cfg, result, hint)
+    _print_summary(cfg, result)
     return result
 
 
-def _run_tags(
-    overrides: Sequence[str], fingerprint: str, sweep: SweepContext | None
-) -> dict[str, str]:
-    """The run's tags: its command line, config fingerprint, sweep membership, git commit."""
-    from src import records
+def _build_and_compile(cfg: DictConfig, train_size: int) -> tuple[keras.Model, Any]:
+    """The CNN compiled with the configured optimizer, schedule and loss; and that loss."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter.
+    import keras
+    from hydra.utils import instantiate
+
+    keras.utils.set_random_seed(cfg.trainer.seed)
+    model = instantiate(cfg.model)
+    loss = instantiate(cfg.loss.fn)
+    steps_per_epoch = -(-train_size // cfg.trainer.batch_size)
+    learning_rate = instantiate(
+        cfg.schedule,
+        learning_rate=cfg.optimizer.learning_rate,
+        total_steps=steps_per_epoch * cfg.trainer.epochs,
+    )
+    model.compile(
+        optimizer=instantiate(cfg.optimizer, _partial_=True)(learning_rate=learning_rate),
+        loss=loss,
+        metrics=["accuracy"],
+        steps_per_execution=cfg.trainer.steps_per_execution,
+    )
+    return model, loss
+
+
+def _open_run(
+    cfg: DictConfig, overrides: list[str], sweep: SweepContext | None, fingerprint: str
+) -> contextlib.AbstractContextManager[records.Recorder]:
+    """The job's run in MLflow, or a dry run that records nothing (tracking.enabled=false)."""
+    if not cfg.tracking.enabled:
+        return contextlib.nullcontext(records.DryRun())
+    from src import tracking
 
     tags = {"overrides": " ".join(overrides) or "(none)", "config_hash": fingerprint}
     if sweep is not None:
@@ -230,7 +145,98 @@ def _run_tags(
     commit = records.git_commit()
     if commit:
         tags["git_commit"] = tags["mlflow.source.git.commit"] = commit
-    return tags
+    name = cfg.tracking.run_name or records.run_name_from_overrides(overrides)
+    return tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment, name, tags, _output_dir())
+
+
+def _setup_records(
+    cfg: DictConfig, overrides: list[str], model: keras.Model, raw: RawMnist, splits: Splits
+) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+    """What a run records before training: the resolved config as params (passwords masked),
+    the dataset as tags, and the config, the overrides and the model's summary as files."""
+    settings = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    if settings["tracking"]["uri"]:
+        settings["tracking"]["uri"] = mask_uri(settings["tracking"]["uri"])
+    params = {**records.flatten(settings), "model.parameter_count": model.count_params()}
+    sizes = (len(splits.x_train), len(splits.x_val), len(splits.x_test))
+    tags = {
+        "dataset.name": "mnist",
+        "dataset.source": raw.source,
+        "dataset.sha256": raw.sha256,
+        "dataset.sizes": "train={} val={} test={}".format(*sizes),
+    }
+    summary: list[str] = []
+    model.summary(print_fn=lambda line, **_: summary.append(line))
+    texts = {
+        "config/config.yaml": OmegaConf.to_yaml(settings),
+        "config/overrides.yaml": OmegaConf.to_yaml(overrides),
+        "model_summary.txt": "\n".join(summary) + "\n",
+    }
+    return params, tags, texts
+
+
+def _fit(
+    cfg: DictConfig, model: keras.Model, splits: Splits, run: records.Recorder
+) -> tuple[dict[str, list[float]], float]:
+    """``model.fit`` as in the tutorial, recording every epoch as it ends (with ``step`` the
+    epoch number, from 1) and stopping at the first loss that is not a finite number.
+    Returns Keras's per-epoch history and the seconds fit took."""
+    import keras
+
+    epoch_started: dict[int, float] = {}
+
+    def record_epoch(epoch: int, logs: dict[str, Any]) -> None:
+        # Added to ``logs``, so that Keras's History keeps them too.
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        logs["epoch_seconds"] = time.perf_counter() - epoch_started[epoch]
+        run.log_metrics(logs, step=epoch + 1)
+
+    epochs = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: epoch_started.setdefault(epoch, time.perf_counter()),
+        on_epoch_end=record_epoch,
+    )
+    fit_started = time.perf_counter()
+    history = model.fit(
+        splits.x_train,
+        splits.y_train,
+        batch_size=cfg.trainer.batch_size,
+        epochs=cfg.trainer.epochs,
+        shuffle=cfg.trainer.shuffle,
+        validation_data=(splits.x_val, splits.y_val) if len(splits.x_val) else None,
+        callbacks=[keras.callbacks.TerminateOnNaN(), epochs],
+        verbose=cfg.trainer.verbose,
+    ).history
+    if not math.isfinite(history["loss"][-1]):
+        raise DivergedError(epoch=len(history["loss"]))
+    return history, time.perf_counter() - fit_started
+
+
+def _evaluate(model: keras.Model, loss: Any, splits: Splits) -> tuple[dict[str, float], Any]:
+    """Test loss and accuracy from one forward pass over the test set; and the predicted digits."""
+    import keras
+    import numpy as np
+
+    probabilities = model.predict(splits.x_test, batch_size=_EVALUATION_BATCH_SIZE, verbose=0)
+    predicted = probabilities.argmax(axis=1)
+    metrics = {
+        "test_loss": float(keras.ops.convert_to_numpy(loss(splits.y_test, probabilities))),
+        "test_accuracy": float(np.mean(predicted == splits.test_labels)),
+    }
+    return metrics, predicted
+
+
+def _reuse_finished_job(
+    cfg: DictConfig, sweep: SweepContext, fingerprint: str
+) -> TrainResult | None:
+    """The run this resumed sweep's job already finished with the same config, if any."""
+    from src import tracking
+
+    done = tracking.reusable_child_run(cfg.tracking.uri, sweep.parent_run_id, fingerprint)
+    if done is None:
+        return None
+    run_id = done.info.run_id
+    print(f"Job {sweep.job_number}: reusing finished run {run_id} (sweep.rerun=true trains again)")
+    return TrainResult(run_id, done.data.tags.get("model_uri"), done.data.metrics, reused=True)
 
 
 def _output_dir() -> Path:
@@ -240,16 +246,18 @@ def _output_dir() -> Path:
     return Path.cwd()
 
 
-def _print_summary(cfg: DictConfig, result: TrainResult, ui_hint: str | None) -> None:
-    metrics = result.metrics
-    epochs = cfg.trainer.epochs
-    where = (
-        f"Recorded as run {result.run_id} in experiment '{cfg.tracking.experiment}'"
-        + (f", model {result.model_uri}" if result.model_uri else "")
-        + f".\nTo compare runs, {ui_hint}."
-        if ui_hint
-        else "Dry run (tracking.enabled=false): nothing was recorded."
-    )
+def _print_summary(cfg: DictConfig, result: TrainResult) -> None:
+    metrics, epochs = result.metrics, cfg.trainer.epochs
+    where = "Dry run (tracking.enabled=false): nothing was recorded."
+    if result.run_id is not None:
+        from src import tracking
+
+        model = f", model {result.model_uri}" if result.model_uri else ""
+        hint = tracking.ui_hint(tracking.resolve_uri(cfg.tracking.uri))
+        where = (
+            f"Recorded as run {result.run_id} in experiment '{cfg.tracking.experiment}'{model}."
+            f"\nTo compare runs, {hint}."
+        )
     validation = (
         f"; validation accuracy {metrics['val_accuracy']:.4f}" if "val_accuracy" in metrics else ""
     )

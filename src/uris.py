@@ -27,10 +27,15 @@ def without_credentials(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
+def mask_text(text: str) -> str:
+    """Any text with the passwords of the URIs in it masked (also in the form Hydra gives a
+    sweep's jobs their overrides, with ``:`` escaped as ``\\:``)."""
+    return _CREDENTIALS.sub(r"\1***@", text)
+
+
 def mask_overrides(overrides: list[str]) -> list[str]:
-    """Command-line overrides as they may be recorded: URIs in them masked (also in the form
-    Hydra gives a sweep's jobs, with ``:`` escaped as ``\\:``)."""
-    return [_CREDENTIALS.sub(r"\1***@", override) for override in overrides]
+    """Command-line overrides as they may be recorded: URIs in them masked."""
+    return [mask_text(override) for override in overrides]
 
 
 # user:password@ after a scheme, also as Hydra prints overrides (with ":" escaped as "\:").
@@ -43,5 +48,5 @@ class MaskingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if "://" in message:
-            record.msg, record.args = _CREDENTIALS.sub(r"\1***@", message), ()
+            record.msg, record.args = mask_text(message), ()
         return True

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,8 +16,6 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import FIXTURE_DIR
 from tests.mlflow_server import free_port
-
-pytestmark = pytest.mark.slow
 
 
 def _copy(tmp: Path) -> Path:
@@ -71,47 +68,13 @@ def _unwritable(tmp: Path) -> Path:
     return folder
 
 
-# (overrides, exit code, a piece of the message); "{tmp}" and "{port}" are filled in.
+# (overrides, exit code, a piece of the message); "{tmp}" and "{port}" are filled in. The
+# command line's own paths only: every range rule is checked in-process in test_config.py.
 CONFIG_CASES = [
     (
         ["optimizer.learning_rate=0"],
         2,
         "optimizer.learning_rate=0.0 is not allowed: it must be a number > 0",
-    ),
-    (["optimizer.learning_rate=-0.5"], 2, "optimizer.learning_rate=-0.5 is not allowed"),
-    (
-        ["optimizer=sgd", "optimizer.momentum=1.5"],
-        2,
-        "optimizer.momentum=1.5 is not allowed: it must be a number in [0, 1]",
-    ),
-    (
-        ["optimizer.beta_1=1.0"],
-        2,
-        "optimizer.beta_1=1.0 is not allowed: it must be a number in [0, 1)",
-    ),
-    (
-        ["optimizer.clipnorm=0"],
-        2,
-        "optimizer.clipnorm=0.0 is not allowed: it must be null or a number > 0",
-    ),
-    (
-        ["model.conv_dropout=1"],
-        2,
-        "model.conv_dropout=1.0 is not allowed: it must be a rate in [0, 1)",
-    ),
-    (["model.dense_dropout=-0.1"], 2, "model.dense_dropout=-0.1 is not allowed"),
-    (["trainer.epochs=0"], 2, "trainer.epochs=0 is not allowed: it must be an integer >= 1"),
-    (
-        ["trainer.batch_size=0"],
-        2,
-        "trainer.batch_size=0 is not allowed: it must be an integer >= 1",
-    ),
-    (["trainer.verbose=5"], 2, "trainer.verbose=5 is not allowed: it must be 0, 1 or 2"),
-    (["data.limit=0"], 2, "data.limit=0 is not allowed"),
-    (
-        ["data.val_fraction=1"],
-        2,
-        "data.val_fraction=1.0 is not allowed: it must be a fraction in [0, 1)",
     ),
     (
         ["data.val_fraction=0"],
@@ -119,24 +82,8 @@ CONFIG_CASES = [
         "optimized_metric=val_accuracy needs validation images, and data.val_fraction=0 holds "
         "out none: set optimized_metric=test_accuracy",
     ),
-    (["data.limit=5"], 2, "holds out no validation image"),
-    (
-        ["loss.label_encoding=one_hot"],
-        2,
-        "loss.label_encoding=one_hot does not fit keras.losses.SparseCategoricalCrossentropy",
-    ),
-    (
-        ["tracking.experiment= "],
-        2,
-        "tracking.experiment='' is not allowed: it must be a non-empty name",
-    ),
     (["trainer.epochs=many"], 1, "trainer.epochs"),
     (["optimizer=adamw"], 1, "Could not find 'optimizer/adamw'"),
-    (
-        ["tracking.uri=ftp://127.0.0.1/store"],
-        2,
-        "tracking.uri=ftp://127.0.0.1/store is not allowed",
-    ),
     (
         ["tracking.uri={tmp}/plain-folder"],
         2,
@@ -148,22 +95,10 @@ CONFIG_CASES = [
         "tracking.uri=http://user:***@127.0.0.1:{port}: no tracking server answers there",
     ),
 ]
+# Each kind of damage is checked in-process in test_data.py; these prove the command line.
 DATA_CASES = [
     (lambda tmp: tmp / "absent", "is not a folder: point data.dir at a folder"),
-    (_empty, "no MNIST files in"),
-    (_missing_file, "train-labels-idx1-ubyte.gz missing"),
     (_truncated, "train-images-idx3-ubyte.gz: not a readable gzip file"),
-    (_not_gzip, "t10k-images-idx3-ubyte.gz: not a readable gzip file"),
-    (
-        lambda tmp: _rewrite(
-            tmp, "train-labels-idx1-ubyte.gz", lambda b: b"\x00\x00\x09\x01" + b[4:]
-        ),
-        "train-labels-idx1-ubyte.gz: not an MNIST IDX file (magic number 0x00000901",
-    ),
-    (
-        lambda tmp: _rewrite(tmp, "t10k-labels-idx1-ubyte.gz", lambda b: b[:7] + b"\xf3" + b[8:-1]),
-        "t10k-labels-idx1-ubyte.gz: 499 labels for 500 images",
-    ),
     (
         lambda tmp: _rewrite(
             tmp, "train-labels-idx1-ubyte.gz", lambda b: b[:8] + b"\x07" + b[9:], keep_sums=True
@@ -173,9 +108,8 @@ DATA_CASES = [
 ]
 
 
-def run(tmp_path: Path, overrides: list[str]) -> tuple[subprocess.CompletedProcess[str], float]:
-    started = time.monotonic()
-    result = subprocess.run(
+def run(tmp_path: Path, overrides: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -189,7 +123,6 @@ def run(tmp_path: Path, overrides: list[str]) -> tuple[subprocess.CompletedProce
         text=True,
         timeout=300,
     )
-    return result, time.monotonic() - started
 
 
 def assert_nothing_recorded(store: Path) -> None:
@@ -211,13 +144,12 @@ def test_bad_config_values_and_uris(tmp_path, overrides, code, message):
     defaults = [f"data.dir={FIXTURE_DIR}"]
     if not any(item.startswith("tracking.uri=") for item in filled):
         defaults.append(f"tracking.uri=sqlite:///{store}")
-    result, seconds = run(tmp_path, [*defaults, *filled])
+    result = run(tmp_path, [*defaults, *filled])
     assert result.returncode == code, result.stderr[-2000:]
     assert message.format(port=port) in result.stderr
     if code == 2:  # The project's own errors are one line.
         assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "secret" not in result.stderr + result.stdout
-    assert seconds < 30
     assert_nothing_recorded(store)
 
 
@@ -228,7 +160,7 @@ def test_bad_data(tmp_path, make_folder, message):
     overrides = [f"data.dir={folder}", f"tracking.uri=sqlite:///{store}"]
     if folder.is_dir() and any(folder.iterdir()) and not (folder / "SHA256SUMS").exists():
         overrides.append("data.verify=false")  # Reach the file's structure, not its checksum.
-    result, _ = run(tmp_path, overrides)
+    result = run(tmp_path, overrides)
     assert result.returncode == 1, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last
@@ -240,7 +172,7 @@ def test_a_store_folder_that_cannot_be_written(tmp_path):
         target = "/proc/mnist-store/mlflow.db"  # Not writable even for root.
     else:
         target = f"{_unwritable(tmp_path)}/sub/mlflow.db"
-    result, _ = run(tmp_path, [f"data.dir={FIXTURE_DIR}", f"tracking.uri=sqlite:///{target}"])
+    result = run(tmp_path, [f"data.dir={FIXTURE_DIR}", f"tracking.uri=sqlite:///{target}"])
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert (
@@ -250,7 +182,7 @@ def test_a_store_folder_that_cannot_be_written(tmp_path):
 
 def test_data_limit_beyond_the_data(tmp_path):
     store = tmp_path / "store" / "mlflow.db"
-    result, _ = run(
+    result = run(
         tmp_path, [f"data.dir={FIXTURE_DIR}", "data.limit=5000", f"tracking.uri=sqlite:///{store}"]
     )
     assert result.returncode == 1

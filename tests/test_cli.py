@@ -6,12 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import FIXTURE_DIR
-
-pytestmark = pytest.mark.slow
 
 
 def run_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:

@@ -144,6 +144,15 @@ def test_the_public_command_line_names_exist():
         ("data.limit=0", r"data.limit=0 is not allowed"),
         ("data.val_fraction=1.5", r"data.val_fraction=1.5 is not allowed"),
         ("loss.label_encoding=one_hot", r"loss.label_encoding=one_hot does not fit"),
+        ("optimizer.beta_1=1.0", r"optimizer.beta_1=1.0 is not allowed: it must be a number in"),
+        ("optimizer.clipnorm=0", r"optimizer.clipnorm=0.0 is not allowed: it must be null or a"),
+        ("trainer.verbose=5", r"trainer.verbose=5 is not allowed: it must be 0, 1 or 2"),
+        ("data.limit=5", r"holds out no validation image"),
+        ("tracking.experiment= ", r"tracking.experiment='' is not allowed: it must be a non-empty"),
+        (
+            "tracking.uri=ftp://127.0.0.1/store",
+            r"tracking.uri=ftp://127.0.0.1/store is not allowed",
+        ),
     ],
 )
 def test_bad_values_are_refused_naming_key_value_and_range(override, message):

@@ -13,8 +13,6 @@ from mlflow.tracking import MlflowClient
 from src import compare
 from tests.conftest import FIXTURE_DIR
 
-pytestmark = pytest.mark.slow
-
 
 def sweep(tmp_path: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -137,6 +135,7 @@ def test_a_failed_job_does_not_stop_the_others_and_resume_reuses_finished_jobs(t
     assert len(parents) == 2 and len(jobs) == 4
 
 
+@pytest.mark.slow
 def test_parallel_workers_lose_no_run_metric_or_artifact(tmp_path):
     result = sweep(
         tmp_path,
@@ -157,6 +156,7 @@ def test_parallel_workers_lose_no_run_metric_or_artifact(tmp_path):
         assert "evaluation/confusion_matrix.csv" in paths
 
 
+@pytest.mark.slow
 def test_optuna_sweep_records_trials_as_children_and_the_best_on_the_parent(tmp_path):
     result = sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=3")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -211,11 +211,13 @@ def test_compare_prints_the_best_first_and_logs_to_the_sweep(tmp_path):
 
 
 def test_build_table_keeps_only_differing_params_and_sorts_by_direction():
-    from src.tracking import RunSummary
+    from mlflow.entities import Metric, Param, Run, RunData, RunInfo
 
-    def run(run_id: str, lr: str, val_loss: float) -> RunSummary:
+    def run(run_id: str, lr: str, val_loss: float) -> Run:
         params = {"optimizer.learning_rate": lr, "trainer.epochs": "1", "tracking.uri": run_id}
-        return RunSummary(run_id, run_id, "FINISHED", params, {"val_loss": val_loss}, {})
+        info = RunInfo(run_id, "0", "me", "FINISHED", 0, 0, "active", run_name=run_id)
+        data = RunData([Metric("val_loss", val_loss, 0, 1)], [Param(*p) for p in params.items()])
+        return Run(info, data)
 
     table = compare.build_table([run("a", "0.1", 0.5), run("b", "0.01", 0.2)], "val_loss")
     assert table.param_names == ["optimizer.learning_rate"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from mlflow.tracking import MlflowClient
+
 from src import records, tracking
 from src.schema import PROJECT_ROOT
 
@@ -31,10 +33,11 @@ def test_default_store_is_sqlite_in_the_project_mlruns_folder():
     assert tracking.resolve_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
-def test_local_artifacts_sit_beside_the_database(tmp_path):
-    location = tracking._artifact_location(f"sqlite:///{tmp_path}/db/mlflow.db", "my exp/1")
+def test_local_artifacts_sit_beside_the_database(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri, experiment_id = tracking.prepare_store("sqlite:///db/mlflow.db", "my exp/1")
+    location = MlflowClient(uri).get_experiment(experiment_id).artifact_location
     assert location == (tmp_path / "db" / "artifacts" / "my_exp_1").as_uri()
-    assert tracking._artifact_location("http://127.0.0.1:5000", "x") is None
 
 
 def test_passwords_in_uris_are_masked_everywhere_they_are_shown():

@@ -161,59 +161,34 @@ def test_a_dry_run_trains_but_records_nothing(tiny_config, tmp_path):
     assert not (tmp_path / "store").exists()
 
 
-def test_a_transient_store_error_is_retried_not_journaled(
+def test_records_the_store_refused_are_kept_and_sent_when_it_answers_again(
     tiny_config, store_uri, tmp_path, monkeypatch
 ):
-    """Concurrent writers can collide (e.g. on the dataset table): the store still answers, so
-    the record is sent again instead of sending the run offline."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    real_log_input, calls = mlflow.log_input, []
+    real_log_artifacts, calls = mlflow.log_artifacts, []
 
-    def flaky_log_input(*args, **kwargs):
+    def failing_once(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
-            raise MlflowException("UNIQUE constraint failed: datasets.dataset_uuid")
-        return real_log_input(*args, **kwargs)
-
-    monkeypatch.setattr(mlflow, "log_input", flaky_log_input)
-    monkeypatch.chdir(tmp_path)
-    # In this process, where the store's errors are injected (the recording process runs the
-    # same tracking.Run).
-    result = train(
-        tiny_config("trainer.epochs=2", "tracking.log_model=false", "tracking.background=false")
-    )
-    assert len(calls) == 2
-    client = MlflowClient(store_uri)
-    assert [step for step, _ in _history(client, result.run_id, "val_loss")] == [1, 2]
-    assert len(client.get_run(result.run_id).inputs.dataset_inputs) == 1
-    assert not list(tmp_path.glob("offline-*"))
-
-
-def test_records_journaled_while_offline_are_sent_when_the_store_answers_again(
-    tiny_config, store_uri, tmp_path, monkeypatch
-):
-    from mlflow.exceptions import MlflowException
-
-    real_log_batch, calls = MlflowClient.log_batch, []
-
-    def failing_twice(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) <= 2:
             raise MlflowException("the store hiccupped")
-        return real_log_batch(self, *args, **kwargs)
+        return real_log_artifacts(*args, **kwargs)
 
-    monkeypatch.setattr(MlflowClient, "log_batch", failing_twice)
+    monkeypatch.setattr(mlflow, "log_artifacts", failing_once)
     monkeypatch.chdir(tmp_path)
-    result = train(
-        tiny_config("trainer.epochs=2", "tracking.log_model=false", "tracking.background=false")
-    )
-    run = MlflowClient(store_uri).get_run(result.run_id)
+    result = train(tiny_config("trainer.epochs=2"))
+    client = MlflowClient(store_uri)
+    run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["optimizer.name"] == "adam"  # The first, journaled record.
-    assert [step for step, _ in _history(MlflowClient(store_uri), result.run_id, "loss")] == [1, 2]
+    assert run.data.params["optimizer.name"] == "adam"
+    for name in EPOCH_METRICS:
+        assert [step for step, _ in _history(client, result.run_id, name)] == [1, 2], name
     assert "test_accuracy" in run.data.metrics
-    [uploaded] = tmp_path.glob("offline-*.uploaded")
-    assert not list(tmp_path.glob("offline-*.jsonl"))
-    assert uploaded.read_text().count('"op": "metrics"') >= 2
+    assert run.data.tags["model_uri"] == result.model_uri
+    assert [item.path for item in client.list_artifacts(result.run_id, "plots")] == [
+        "plots/training_curves.png"
+    ]
+    assert len(run.inputs.dataset_inputs) == 1
+    [sent] = tmp_path.glob("offline-*.sent")
+    assert sent.name == f"offline-{result.run_id}.sent"
