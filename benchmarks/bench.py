@@ -76,8 +76,7 @@ def children_cpu_seconds() -> float:
 
 def run_process(command: Sequence[str], cwd: Path) -> tuple[float, float, float, str]:
     """Run a command; return its wall seconds, the peak resident memory (MB) of its process
-    tree (the training process and its recording process, sampled every 0.1 s), the CPU
-    seconds of that tree, and its stdout."""
+    tree (sampled every 0.1 s), the CPU seconds of that tree, and its stdout."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     cpu_before = children_cpu_seconds()
     started = time.perf_counter()

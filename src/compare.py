@@ -15,12 +15,15 @@ import argparse
 import csv
 import io
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from src.uris import mask_uri
+
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
     from mlflow.entities import Run
 
 # Final metrics shown for every run, in this order.
@@ -135,6 +138,37 @@ def to_text(table: Table) -> str:
     return f"Runs by {table.metric} ({direction} first):\n" + "\n".join(lines)
 
 
+def plot_curves(uri: str, table: Table) -> Figure:
+    """The runs' per-epoch validation curves of the table's metric, one line per run."""
+    from src import report, tracking
+
+    curve = curve_of(table.metric)
+    histories = {
+        row.name or row.run_id: tracking.metric_history(uri, row.run_id, curve)
+        for row in table.rows
+    }
+    return report.plot_validation_curves(histories, curve)
+
+
+def log_to_sweep(
+    uri: str,
+    sweep_id: str,
+    table: Table,
+    figure: Figure,
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    """Log the table (CSV and Markdown) and the curves to a sweep's parent run."""
+    from src import tracking
+
+    texts = {
+        "comparison/comparison.csv": to_csv(table),
+        "comparison/comparison.md": to_markdown(table),
+    }
+    figures = {"comparison/validation_curves.png": figure}
+    tracking.log_to_run(uri, sweep_id, metrics, tags, texts, figures)
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m src.compare",
@@ -173,11 +207,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from src import report, tracking
 
     uri = tracking.resolve_uri(args.tracking_uri)
+    shown_uri = mask_uri(uri)
     sweep_id = args.sweep
     if sweep_id == "latest":
         sweep_id = tracking.latest_sweep_run_id(uri, args.experiment)
         if sweep_id is None:
-            print(f"error: no sweep in experiment '{args.experiment}' at {uri}", file=sys.stderr)
+            print(
+                f"error: no sweep in experiment '{args.experiment}' at {shown_uri}", file=sys.stderr
+            )
             return 1
     try:
         runs = tracking.find_runs(uri, args.experiment, sweep_id, args.filter, args.max_runs)
@@ -189,30 +226,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not runs:
         where = f"sweep {sweep_id}" if sweep_id else f"experiment '{args.experiment}'"
         condition = f" matching {args.filter!r}" if args.filter else ""
-        print(f"error: no runs in {where}{condition} at {uri}", file=sys.stderr)
+        print(f"error: no runs in {where}{condition} at {shown_uri}", file=sys.stderr)
         return 1
 
     table = build_table(runs, args.metric)
     print(to_text(table))
-    curve = curve_of(args.metric)
-    histories = {
-        row.name or row.run_id: tracking.metric_history(uri, row.run_id, curve)
-        for row in table.rows
-    }
-    figure = report.plot_validation_curves(histories, curve)
+    figure = plot_curves(uri, table)
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.plot, dpi=100)
-    print(f"\nCurves of {curve} per epoch: {args.plot}")
+    print(f"\nCurves of {curve_of(args.metric)} per epoch: {args.plot}")
     if sweep_id is not None:
-        tracking.log_to_run(
-            uri,
-            sweep_id,
-            texts={
-                "comparison/comparison.csv": to_csv(table),
-                "comparison/comparison.md": to_markdown(table),
-            },
-            figures={"comparison/validation_curves.png": figure},
-        )
+        log_to_sweep(uri, sweep_id, table, figure)
         print(f"Table and curves logged to sweep run {sweep_id}.")
     report.close(figure)
     return 0

@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         tracking.replay(args.folder, args.tracking_uri)
     except tracking.UNREACHABLE as error:
-        reason = str(getattr(error, "message", error)).splitlines()[0][:300]
+        reason = tracking.reason_of(error)
         print(f"error: the store did not take the run ({reason}); try again later", file=sys.stderr)
         return 1
     print(f"Sent {args.folder} into its run.")

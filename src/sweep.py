@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from src import records, signals
 from src.errors import PipelineError
 from src.schema import ConfigError, validate
-from src.uris import mask_overrides, mask_uri
+from src.uris import mask_overrides, mask_text, mask_uri
 
 SWEEP_FILE = "sweep.json"
 RESULT_FILE = "job_result.json"
@@ -42,8 +42,7 @@ class SweepContext:
 
     parent_run_id: str
     job_number: int
-    resumed: bool
-    rerun: bool
+    resumed: bool  # True: reuse the runs this sweep finished before it was interrupted
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,7 @@ class SweepTracker(Callback):
             "sweeper": str(config.hydra.sweeper._target_).rsplit(".", 1)[-1],
             "launcher": str(config.hydra.launcher._target_).rsplit(".", 1)[-1],
         }
-        name = "sweep: " + records.run_name_from_overrides(overrides)
+        name = ("sweep: " + records.run_name_from_overrides(overrides))[:250]
         self._uri, self._parent_run_id, resumed = tracking.open_sweep_run(
             config.tracking.uri, config.tracking.experiment, name, tags, not config.sweep.rerun
         )
@@ -134,7 +133,7 @@ class SweepTracker(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         handed = {"parent_run_id": self._parent_run_id, "resumed": resumed}
-        (sweep_dir / SWEEP_FILE).write_text(json.dumps({**handed, "rerun": config.sweep.rerun}))
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps(handed))
         verb = "Resuming" if resumed else "Starting"
         print(f"{verb} sweep {self._parent_run_id} ({mask_uri(self._uri)})", file=sys.stderr)
 
@@ -165,8 +164,9 @@ class SweepTracker(Callback):
         try:
             tracking.end_run(self._uri, self._parent_run_id, status)
         except Exception as error:  # At exit, report rather than raise.
+            reason = mask_text(str(error))
             print(
-                f"warning: could not close sweep run {self._parent_run_id}: {error}",
+                f"warning: could not close sweep run {self._parent_run_id}: {reason}",
                 file=sys.stderr,
             )
 
@@ -192,23 +192,8 @@ def summarize(uri: str, experiment: str, parent: str, metric: str, results: list
         tags.update({"best_run_id": best.run_id, "best_run_name": best.name})
         tags["best_job"] = best.tags.get("sweep_job", "")
         metrics[f"best_{metric}"] = best.value
-    curve = compare.curve_of(metric)
-    histories = {
-        row.name or row.run_id: tracking.metric_history(uri, row.run_id, curve)
-        for row in table.rows
-    }
-    figure = report.plot_validation_curves(histories, curve)
-    tracking.log_to_run(
-        uri,
-        parent,
-        metrics=metrics,
-        tags=tags,
-        texts={
-            "comparison/comparison.csv": compare.to_csv(table),
-            "comparison/comparison.md": compare.to_markdown(table),
-        },
-        figures={"comparison/validation_curves.png": figure},
-    )
+    figure = compare.plot_curves(uri, table)
+    compare.log_to_sweep(uri, parent, table, figure, metrics, tags)
     report.close(figure)
     tracking.end_run(uri, parent, "FAILED" if failed else "FINISHED")
     return compare.to_text(table)

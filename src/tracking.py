@@ -122,9 +122,8 @@ def _store_error(uri: str, database: Path | None, error: BaseException) -> Track
             f"tracking.uri={uri}: {database.parent} cannot be written ({reason}); "
             "choose a folder you can write"
         )
-    reason = mask_text(str(getattr(error, "message", error)).splitlines()[0][:300])
     return TrackingError(
-        f"tracking.uri={mask_uri(uri)}: no tracking server answers there ({reason}); "
+        f"tracking.uri={mask_uri(uri)}: no tracking server answers there ({reason_of(error)}); "
         "start it (mlflow server --host 127.0.0.1 --port PORT) or fix the URI"
     )
 
@@ -183,10 +182,14 @@ def _close_runs_of_dead_processes(client: MlflowClient) -> None:
         experiments, f"attributes.status = 'RUNNING' and tags.`process.host` = '{host}'"
     ):
         tags = run.data.tags
-        with contextlib.suppress(psutil.Error, KeyError, ValueError):
+        try:
             started = psutil.Process(int(tags["process.pid"])).create_time()
             if abs(started - float(tags["process.started"])) < 1:
                 continue  # Still running.
+        except psutil.NoSuchProcess:
+            pass
+        except (psutil.Error, KeyError, ValueError):
+            continue  # Cannot tell: leave it alone.
         reason = f"its process ({tags.get('process.pid')}) ended without closing it"
         client.set_tag(run.info.run_id, "error", reason)
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
@@ -211,7 +214,8 @@ class MlflowRun:
         self.model_uri: str | None = None
         self._output_dir = output_dir
         self._folder = Path(tempfile.mkdtemp(prefix="mnist-run-"))  # artifacts/, model.keras
-        self._record: dict[str, Any] = {"run_id": run_id, "uri": uri, "params": {}, "tags": {}}
+        self._record: dict[str, Any] = {"run_id": run_id, "uri": mask_uri(uri), "params": {}}
+        self._record["tags"] = {}
         self._record["metrics"] = []
         self._sending: list[Any] = []  # MLflow's handles on the asynchronous records
         self._model: keras.Model | None = None
@@ -276,20 +280,24 @@ class MlflowRun:
             self.model_uri = _send_files(self._folder, self._record["tags"], self._model)
             mlflow.end_run(status)
         except UNREACHABLE as lost:
-            with contextlib.suppress(*UNREACHABLE):
-                mlflow.end_run(status)  # The fluent API forgets the run before asking the store.
+            _end_active_run(status)
             self._keep_offline(lost)
+        except BaseException as late:  # A second Ctrl-C, or a model that could not be logged.
+            _end_active_run("KILLED" if isinstance(late, KeyboardInterrupt) else "FAILED")
+            raise
         finally:
             shutil.rmtree(self._folder, ignore_errors=True)
 
     def _keep_offline(self, error: BaseException) -> None:
+        """Keep the whole run in the job's folder, and send it at once if the store is back."""
         folder = self._output_dir / f"offline-{self.run_id}"
         shutil.copytree(self._folder, folder, dirs_exist_ok=True)
         if self._model is not None:
             self._model.save(folder / "model.keras")
         (folder / "run.json").write_text(json.dumps(self._record))
-        reason = str(getattr(error, "message", error)).splitlines()[0][:300]
-        print(f"warning: the tracking store stopped answering ({reason}).", file=sys.stderr)
+        print(
+            f"warning: the tracking store stopped answering ({reason_of(error)}).", file=sys.stderr
+        )
         try:
             self.model_uri = replay(folder)
             print(f"It answers again: run {self.run_id} was sent in full.", file=sys.stderr)
@@ -301,17 +309,29 @@ class MlflowRun:
             )
 
 
+def _end_active_run(status: str) -> None:
+    """End the fluent API's run, which it forgets even when the store does not answer."""
+    with contextlib.suppress(*UNREACHABLE):
+        mlflow.end_run(status)
+
+
+def reason_of(error: BaseException) -> str:
+    """An MLflow or network error in one line, without passwords."""
+    return mask_text(str(getattr(error, "message", error)).splitlines()[0][:300])
+
+
 def _send_files(folder: Path, tags: Mapping[str, str], model: keras.Model | None) -> str | None:
     """Send a run's files, dataset and model into the active run; returns the model's URI."""
     if (folder / "artifacts").is_dir():
         mlflow.log_artifacts(str(folder / "artifacts"))
-    with warnings.catch_warnings():
-        # A local path matches several equivalent source types; MLflow picks one and warns.
-        warnings.simplefilter("ignore", UserWarning)
-        source = resolve_dataset_source(tags["dataset.source"])
-    digest = tags["dataset.sha256"][:16]
-    dataset = MetaDataset(source, name=tags["dataset.name"], digest=digest)  # type: ignore[abstract]
-    mlflow.log_input(dataset, context="training")
+    if "dataset.source" in tags:  # Not yet if the job stopped before training.
+        with warnings.catch_warnings():
+            # A local path matches several equivalent source types; MLflow picks one and warns.
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(tags["dataset.source"])
+        digest = tags["dataset.sha256"][:16]
+        dataset = MetaDataset(source, tags["dataset.name"], digest)  # type: ignore[abstract]
+        mlflow.log_input(dataset, context="training")
     if model is None:
         return None
     signature, requirements = model_signature(model), _requirements()
@@ -391,7 +411,11 @@ def replay(folder: Path, uri: str | None = None) -> str | None:
     model_file = folder / "model.keras"
     model = keras.saving.load_model(model_file, safe_mode=True) if model_file.exists() else None
     with mlflow.start_run(record["run_id"]):  # Running again, whatever it was marked meanwhile.
-        MlflowClient().log_batch(record["run_id"], metrics=metrics, params=params, tags=tags)
+        client = MlflowClient()
+        client.log_batch(record["run_id"], metrics=metrics, params=params, tags=tags)
+        if "error" not in record["tags"]:  # Perhaps set meanwhile by the dead-process check.
+            with contextlib.suppress(MlflowException):  # Not set: nothing to delete.
+                client.delete_tag(record["run_id"], "error")
         model_uri = _send_files(folder, record["tags"], model)
         mlflow.end_run(record["status"])
     folder.rename(folder.with_name(folder.name + ".sent"))
@@ -419,9 +443,11 @@ def open_sweep_run(
     )
     if resume and previous and previous[0].info.status != FINISHED:
         run_id = previous[0].info.run_id
-        client.update_run(run_id, status=RUNNING)
         for key, value in {**_process_tags(), "sweep_resumed": "true"}.items():
-            client.set_tag(run_id, key, value)
+            client.set_tag(run_id, key, value)  # Before RUNNING: no one takes it for dead.
+        with contextlib.suppress(MlflowException):
+            client.delete_tag(run_id, "error")
+        client.update_run(run_id, status=RUNNING)
         return tracking_uri, run_id, True
     run = client.create_run(experiment_id, run_name=name, tags={**tags, **_process_tags()})
     return tracking_uri, run.info.run_id, False

@@ -70,7 +70,7 @@ def train(
     validate(cfg)
     overrides = mask_overrides(list(overrides))
     fingerprint = config_hash(cfg)
-    if sweep is not None and sweep.resumed and not sweep.rerun:
+    if sweep is not None and sweep.resumed:
         reused = _reuse_finished_job(cfg, sweep, fingerprint)
         if reused is not None:
             return reused
@@ -140,7 +140,7 @@ def _open_run(
 
     tags = {"overrides": " ".join(overrides) or "(none)", "config_hash": fingerprint}
     if sweep is not None:
-        tags["mlflow.parentRunId"] = tags["sweep_id"] = sweep.parent_run_id
+        tags[tracking.PARENT_TAG] = tags["sweep_id"] = sweep.parent_run_id
         tags["sweep_job"] = str(sweep.job_number)
     commit = records.git_commit()
     if commit:

@@ -143,7 +143,7 @@ def test_a_dead_tracking_server_loses_nothing(tmp_path):
         [kept] = (tmp_path / "hydra").glob("offline-*")
         assert f"python -m src.replay {kept}" in stderr
 
-        # The server comes back on the same store; the journal is uploaded into the run.
+        # The server comes back on the same store; the kept run is sent into it.
         server = MlflowServer(tmp_path / "server", port=server.port).start()
         replay = subprocess.run(
             [sys.executable, "-m", "src.replay", str(kept)],
