@@ -8,12 +8,11 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-
 from src.schema import PROJECT_ROOT
 
 if TYPE_CHECKING:
     import keras
+    import numpy as np
 
 # Overrides that say where things go rather than what is trained; left out of run names.
 _NOT_IN_RUN_NAME = ("tracking.", "data.dir", "data.cache_dir", "hydra.", "trainer.verbose")

@@ -1,7 +1,7 @@
 """Send a run that was kept in the job's folder because its tracking store stopped answering.
 
     python -m src.replay outputs/2026-11-28/12-00-00/offline-<run id>
-    python -m src.replay FOLDER --tracking-uri http://127.0.0.1:5000
+    python -m src.replay FOLDER --tracking-uri http://127.0.0.1:5000   # the store moved
 
 The folder is renamed to ``offline-<run id>.sent`` once everything in it has been sent.
 """

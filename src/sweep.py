@@ -140,14 +140,12 @@ class SweepTracker(Callback):
     def _finish(self, config: DictConfig) -> None:
         if self._uri is None or self._parent_run_id is None:
             return  # A dry sweep.
-        parent, self._parent_run_id = self._parent_run_id, None
+        parent = self._parent_run_id
         results = _read_job_results(Path(config.hydra.sweep.dir))
-        print(
-            summarize(
-                self._uri, config.tracking.experiment, parent, config.optimized_metric, results
-            )
-        )
-        counts = {status: sum(r.status == status for r in results) for status in _STATUSES}
+        metric = config.optimized_metric
+        print(summarize(self._uri, config.tracking.experiment, parent, metric, results))
+        self._parent_run_id = None  # Closed by summarize; until then _close_if_still_open may.
+        counts = _counts(results)
         print(f"\nSweep {parent}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".")
         failed = [result for result in results if result.status == "failed"]
         if failed:
@@ -171,6 +169,11 @@ class SweepTracker(Callback):
             )
 
 
+def _counts(results: list[JobResult]) -> dict[str, int]:
+    """How many jobs finished, were reused from an interrupted sweep, and failed."""
+    return {status: sum(r.status == status for r in results) for status in _STATUSES}
+
+
 _STATUSES = ("finished", "reused", "failed")
 
 
@@ -183,9 +186,7 @@ def summarize(uri: str, experiment: str, parent: str, metric: str, results: list
     table = compare.build_table(tracking.find_runs(uri, experiment, parent_run_id=parent), metric)
     listing = "; ".join(f"{_describe(r, results)}: {r.error}" for r in failed)[:5000]
     tags = {"jobs_failed_list": listing or "(none)"}
-    metrics = {
-        f"jobs_{status}": float(sum(r.status == status for r in results)) for status in _STATUSES
-    }
+    metrics = {f"jobs_{status}": float(count) for status, count in _counts(results).items()}
     metrics["jobs_total"] = float(len(results))
     best = table.rows[0] if table.rows else None
     if best is not None and best.value is not None:

@@ -27,7 +27,7 @@ import psutil
 import requests
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
@@ -57,7 +57,6 @@ DEFAULT_STORE = PROJECT_ROOT / "mlruns" / "mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
 # What a store that stopped answering looks like from here.
 UNREACHABLE = (MlflowException, requests.exceptions.RequestException, OSError)
-RUNNING, FINISHED = RunStatus.to_string(RunStatus.RUNNING), RunStatus.to_string(RunStatus.FINISHED)
 
 
 # The store.
@@ -111,17 +110,21 @@ def prepare_store(uri: str | None, experiment: str) -> tuple[str, str]:
             experiment_id = _experiment_id(client, experiment, tracking_uri)
         _close_runs_of_dead_processes(client)
     except UNREACHABLE as error:
-        raise _store_error(tracking_uri, database, error) from error
+        raise _store_error(tracking_uri, error) from error
     return tracking_uri, experiment_id
 
 
-def _store_error(uri: str, database: Path | None, error: BaseException) -> TrackingError:
-    if database is not None:
-        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+def _store_error(uri: str, error: BaseException) -> TrackingError:
+    """The one line for a store that cannot be used: a SQLite folder that cannot be written,
+    a SQLite database MLflow refuses, or a server that does not answer."""
+    database = _sqlite_path(uri)
+    if database is not None and isinstance(error, OSError):
         return TrackingError(
-            f"tracking.uri={uri}: {database.parent} cannot be written ({reason}); "
-            "choose a folder you can write"
+            f"tracking.uri={uri}: {database.parent} cannot be written "
+            f"({error.strerror or error}); choose a folder you can write"
         )
+    if database is not None:
+        return TrackingError(f"tracking.uri={uri}: MLflow cannot use it ({reason_of(error)})")
     return TrackingError(
         f"tracking.uri={mask_uri(uri)}: no tracking server answers there ({reason_of(error)}); "
         "start it (mlflow server --host 127.0.0.1 --port PORT) or fix the URI"
@@ -192,7 +195,7 @@ def _close_runs_of_dead_processes(client: MlflowClient) -> None:
             continue  # Cannot tell: leave it alone.
         reason = f"its process ({tags.get('process.pid')}) ended without closing it"
         client.set_tag(run.info.run_id, "error", reason)
-        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        client.set_terminated(run.info.run_id, "KILLED")
         print(f"Run {run.info.run_id} closed KILLED: {reason}.", file=sys.stderr)
 
 
@@ -214,9 +217,14 @@ class MlflowRun:
         self.model_uri: str | None = None
         self._output_dir = output_dir
         self._folder = Path(tempfile.mkdtemp(prefix="mnist-run-"))  # artifacts/, model.keras
-        self._record: dict[str, Any] = {"run_id": run_id, "uri": mask_uri(uri), "params": {}}
-        self._record["tags"] = {}
-        self._record["metrics"] = []
+        # Everything sent, to keep the whole run if the store stops answering (see replay).
+        self._record: dict[str, Any] = {
+            "run_id": run_id,
+            "uri": mask_uri(uri),
+            "params": {},
+            "tags": {},
+            "metrics": [],
+        }
         self._sending: list[Any] = []  # MLflow's handles on the asynchronous records
         self._model: keras.Model | None = None
 
@@ -380,7 +388,7 @@ def start_run(
             experiment_id=experiment_id, run_name=run_name, tags={**tags, **_process_tags()}
         )
     except UNREACHABLE as error:
-        raise _store_error(tracking_uri, None, error) from error
+        raise _store_error(tracking_uri, error) from error
     run = MlflowRun(opened.info.run_id, tracking_uri, output_dir)
     try:
         yield run
@@ -391,12 +399,12 @@ def start_run(
         run.close("FAILED", error)
         raise
     else:
-        run.close(FINISHED)
+        run.close("FINISHED")
 
 
 def replay(folder: Path, uri: str | None = None) -> str | None:
-    """Send a run kept in ``folder`` while its store was away into its run (``uri``: another
-    store than the one it was started in), and close it as it ended. Returns the model's URI."""
+    """Send a run kept in ``folder`` while its store was away into its run, and close it as it
+    ended (``uri``: the store's address now, if it changed). Returns the model's URI."""
     import keras
 
     record = json.loads((folder / "run.json").read_text())
@@ -441,13 +449,13 @@ def open_sweep_run(
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
-    if resume and previous and previous[0].info.status != FINISHED:
+    if resume and previous and previous[0].info.status != "FINISHED":
         run_id = previous[0].info.run_id
         for key, value in {**_process_tags(), "sweep_resumed": "true"}.items():
             client.set_tag(run_id, key, value)  # Before RUNNING: no one takes it for dead.
         with contextlib.suppress(MlflowException):
             client.delete_tag(run_id, "error")
-        client.update_run(run_id, status=RUNNING)
+        client.update_run(run_id, status="RUNNING")
         return tracking_uri, run_id, True
     run = client.create_run(experiment_id, run_name=name, tags={**tags, **_process_tags()})
     return tracking_uri, run.info.run_id, False
@@ -526,5 +534,5 @@ def log_to_run(
 def end_run(uri: str, run_id: str, status: str) -> None:
     """Close a run with FINISHED, FAILED or KILLED, unless it is closed already."""
     client = MlflowClient(uri)
-    if client.get_run(run_id).info.status == RUNNING:
+    if client.get_run(run_id).info.status == "RUNNING":
         client.set_terminated(run_id, status=status)
