@@ -51,21 +51,13 @@ class DryRun:
     run_id = None
     model_uri = None
 
-    def log_setup(
-        self, params: Mapping[str, Any], tags: Mapping[str, str], texts: Mapping[str, str]
-    ) -> None:
+    def log_setup(self, *args: Any, **kwargs: Any) -> None:
         pass
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         pass
 
-    def log_results(
-        self,
-        test_labels: np.ndarray,
-        predicted: np.ndarray,
-        history: Mapping[str, list[float]],
-        model: keras.Model | None,
-    ) -> None:
+    def log_results(self, *args: Any, **kwargs: Any) -> None:
         pass
 
 

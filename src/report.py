@@ -1,14 +1,12 @@
-"""Pure helpers that turn a finished training into figures and tables. No MLflow here."""
+"""Pure helpers that turn a finished training into figures and tables. No MLflow here.
+
+Figures are made with Matplotlib's object API, without pyplot: nothing to close, no window
+backend, and a third of a second less to import."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # No screen: render to files only.
-
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -32,7 +30,8 @@ def confusion_matrix_csv(matrix: np.ndarray) -> str:
 
 
 def plot_confusion_matrix(matrix: np.ndarray) -> Figure:
-    figure, axes = plt.subplots(figsize=(6, 5.5))
+    figure = Figure(figsize=(6, 5.5), layout="tight")
+    axes = figure.subplots()
     image = axes.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axes)
     classes = range(matrix.shape[0])
@@ -51,13 +50,13 @@ def plot_confusion_matrix(matrix: np.ndarray) -> Figure:
                 axes.text(
                     column, row, str(count), ha="center", va="center", fontsize=7, color=color
                 )
-    figure.tight_layout()
     return figure
 
 
 def plot_training_curves(history: Mapping[str, Sequence[float]]) -> Figure:
     """Loss and accuracy per epoch, training and validation side by side."""
-    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(10, 4), layout="tight")
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
     for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
         for prefix, label in (("", "train"), ("val_", "validation")):
             values = history.get(prefix + metric, [])
@@ -69,7 +68,6 @@ def plot_training_curves(history: Mapping[str, Sequence[float]]) -> Figure:
         axes.set_ylabel(metric)
         axes.grid(alpha=0.3)
         axes.legend()
-    figure.tight_layout()
     return figure
 
 
@@ -77,7 +75,8 @@ def plot_validation_curves(
     histories: Mapping[str, Sequence[tuple[int, float]]], metric: str
 ) -> Figure:
     """One line per run: ``metric`` against the epoch, for comparing runs."""
-    figure, axes = plt.subplots(figsize=(8, 5))
+    figure = Figure(figsize=(8, 5), layout="tight")
+    axes = figure.subplots()
     for label, history in histories.items():
         if history:
             steps, values = zip(*history, strict=True)
@@ -88,9 +87,4 @@ def plot_validation_curves(
     axes.grid(alpha=0.3)
     if histories:
         axes.legend(fontsize=7, loc="best")
-    figure.tight_layout()
     return figure
-
-
-def close(figure: Figure) -> None:
-    plt.close(figure)

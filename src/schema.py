@@ -38,10 +38,11 @@ class LabelEncoding(str, Enum):
     one_hot = "one_hot"
 
 
+# The type of every setting; the YAML in conf/ says what each one means.
+
+
 @dataclass
 class OptimizerConfig:
-    """Settings every Keras optimizer takes (``keras.optimizers.Optimizer``)."""
-
     _target_: str = MISSING
     name: str = MISSING
     learning_rate: float = MISSING
@@ -70,9 +71,7 @@ class SGDConfig(OptimizerConfig):
 @dataclass
 class LossConfig:
     name: str = MISSING
-    # The labels follow the loss: the data loader encodes them as this says.
     label_encoding: LabelEncoding = MISSING
-    # The Keras loss to instantiate (a dict with ``_target_``).
     fn: Any = MISSING
 
 
@@ -86,17 +85,12 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # A folder holding the four MNIST IDX .gz files or Keras's mnist.npz; None: use the cache.
     dir: str | None = None
-    # Where a downloaded mnist.npz is kept (Keras's own cache by default, so it is shared).
     cache_dir: str = MISSING
     url: str = MISSING
     sha256: str = MISSING
-    # Check files against the official checksums (or a SHA256SUMS file beside them).
     verify: bool = True
-    # Fraction of the training images held out for validation (0: none, as the original).
     val_fraction: float = MISSING
-    # Use only the first N training images; None: all of them.
     limit: int | None = None
 
 
@@ -106,28 +100,21 @@ class TrainerConfig:
     batch_size: int = MISSING
     shuffle: bool = True
     seed: int = MISSING
-    # Keras's progress display: 0 silent, 1 progress bar, 2 one line per epoch.
     verbose: int = 1
-    # Batches run per call into TensorFlow (Keras's compile(steps_per_execution=...)).
     steps_per_execution: int = 1
 
 
 @dataclass
 class TrackingConfig:
-    # False: a dry run; nothing is recorded and MLflow is not even imported.
     enabled: bool = True
-    # None: the project's SQLite store in <repo>/mlruns. Otherwise any MLflow tracking URI,
-    # e.g. sqlite:////abs/path/mlflow.db or http://127.0.0.1:5000.
     uri: str | None = None
     experiment: str = MISSING
-    # None: a name made from the command-line overrides.
     run_name: str | None = None
     log_model: bool = True
 
 
 @dataclass
 class SweepConfig:
-    # True: redo the jobs an interrupted sweep already finished, instead of reusing them.
     rerun: bool = False
 
 
@@ -140,9 +127,7 @@ class TrainConfig:
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = MISSING
     sweep: SweepConfig = MISSING
-    # The learning-rate schedule (a dict with _target_, see conf/schedule/).
     schedule: Any = MISSING
-    # The metric that ``main`` returns, for sweepers that optimise it.
     optimized_metric: str = MISSING
 
 
@@ -161,13 +146,6 @@ _ENCODING_OF_LOSS = {
 }
 
 
-@dataclass(frozen=True)
-class _Rule:
-    key: str
-    check: Callable[[Any], bool]
-    allowed: str
-
-
 def _positive(value: Any) -> bool:
     return value is not None and math.isfinite(value) and value > 0
 
@@ -176,43 +154,44 @@ def _unit_interval_open(value: Any) -> bool:
     return 0 <= value < 1
 
 
-_RULES = (
-    _Rule("optimizer.learning_rate", _positive, "a number > 0"),
-    _Rule("optimizer.momentum", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-    _Rule("optimizer.beta_1", _unit_interval_open, "a number in [0, 1)"),
-    _Rule("optimizer.beta_2", _unit_interval_open, "a number in [0, 1)"),
-    _Rule("optimizer.epsilon", _positive, "a number > 0"),
-    _Rule("optimizer.weight_decay", lambda v: v is None or v >= 0, "null or a number >= 0"),
-    _Rule("optimizer.clipnorm", lambda v: v is None or _positive(v), "null or a number > 0"),
-    _Rule("optimizer.clipvalue", lambda v: v is None or _positive(v), "null or a number > 0"),
-    _Rule("optimizer.global_clipnorm", lambda v: v is None or _positive(v), "null or a number > 0"),
-    _Rule("optimizer.ema_momentum", _unit_interval_open, "a number in [0, 1)"),
-    _Rule("model.conv_dropout", _unit_interval_open, "a rate in [0, 1)"),
-    _Rule("model.dense_dropout", _unit_interval_open, "a rate in [0, 1)"),
-    _Rule(
+# Each key, what it must satisfy, and how to say so.
+_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("optimizer.learning_rate", _positive, "a number > 0"),
+    ("optimizer.momentum", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("optimizer.beta_1", _unit_interval_open, "a number in [0, 1)"),
+    ("optimizer.beta_2", _unit_interval_open, "a number in [0, 1)"),
+    ("optimizer.epsilon", _positive, "a number > 0"),
+    ("optimizer.weight_decay", lambda v: v is None or v >= 0, "null or a number >= 0"),
+    ("optimizer.clipnorm", lambda v: v is None or _positive(v), "null or a number > 0"),
+    ("optimizer.clipvalue", lambda v: v is None or _positive(v), "null or a number > 0"),
+    ("optimizer.global_clipnorm", lambda v: v is None or _positive(v), "null or a number > 0"),
+    ("optimizer.ema_momentum", _unit_interval_open, "a number in [0, 1)"),
+    ("model.conv_dropout", _unit_interval_open, "a rate in [0, 1)"),
+    ("model.dense_dropout", _unit_interval_open, "a rate in [0, 1)"),
+    (
         "data.val_fraction",
         lambda v: 0 <= v < 1,
         "a fraction in [0, 1) (0: no validation hold-out, train on every image)",
     ),
-    _Rule("data.limit", lambda v: v is None or v >= 2, "null (all images) or an integer >= 2"),
-    _Rule("trainer.epochs", lambda v: v >= 1, "an integer >= 1"),
-    _Rule("trainer.batch_size", lambda v: v >= 1, "an integer >= 1"),
-    _Rule("trainer.seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
-    _Rule("trainer.verbose", lambda v: v in (0, 1, 2), "0, 1 or 2"),
-    _Rule("trainer.steps_per_execution", lambda v: v >= 1, "an integer >= 1"),
-    _Rule("schedule.warmup_fraction", lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
-    _Rule("schedule.start_fraction", lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
-    _Rule("tracking.experiment", lambda v: bool(v.strip()), "a non-empty name"),
-    _Rule(
+    ("data.limit", lambda v: v is None or v >= 2, "null (all images) or an integer >= 2"),
+    ("trainer.epochs", lambda v: v >= 1, "an integer >= 1"),
+    ("trainer.batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("trainer.seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    ("trainer.verbose", lambda v: v in (0, 1, 2), "0, 1 or 2"),
+    ("trainer.steps_per_execution", lambda v: v >= 1, "an integer >= 1"),
+    ("schedule.warmup_fraction", lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
+    ("schedule.start_fraction", lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+    ("tracking.experiment", lambda v: bool(v.strip()), "a non-empty name"),
+    (
         "tracking.uri",
         lambda v: v is None or re.match(_TRACKING_SCHEMES, v) is not None,
         "unset (the project's store) or a tracking URI such as sqlite:////abs/path/mlflow.db "
         "or http://127.0.0.1:5000",
     ),
-    _Rule("data.cache_dir", lambda v: bool(v.strip()), "a folder"),
-    _Rule("data.url", lambda v: v.startswith(("https://", "http://", "file://")), "an http(s) URL"),
-    _Rule("data.sha256", lambda v: re.fullmatch("[0-9a-fA-F]{64}", v) is not None, "64 hex digits"),
-    _Rule(
+    ("data.cache_dir", lambda v: bool(v.strip()), "a folder"),
+    ("data.url", lambda v: v.startswith(("https://", "http://", "file://")), "an http(s) URL"),
+    ("data.sha256", lambda v: re.fullmatch("[0-9a-fA-F]{64}", v) is not None, "64 hex digits"),
+    (
         "optimized_metric",
         lambda v: v in ("val_accuracy", "val_loss", "accuracy", "loss", "test_accuracy"),
         "one of val_accuracy, val_loss, accuracy, loss, test_accuracy",
@@ -230,15 +209,13 @@ def validate(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} has no value: set it, e.g. {missing[0]}=...")
-    for rule in _RULES:
-        value = OmegaConf.select(cfg, rule.key, default=_ABSENT)
-        if value is _ABSENT:
-            continue
-        if not rule.check(value):
+    for key, check, allowed in _RULES:
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT and not check(value):
             shown = value
             if isinstance(value, str):
                 shown = mask_uri(value) if value.strip() else repr(value)
-            raise ConfigError(f"{rule.key}={shown} is not allowed: it must be {rule.allowed}")
+            raise ConfigError(f"{key}={shown} is not allowed: it must be {allowed}")
 
     limit, val_fraction = cfg.data.limit, cfg.data.val_fraction
     if val_fraction == 0 and str(cfg.optimized_metric).startswith("val_"):

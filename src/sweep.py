@@ -180,24 +180,26 @@ _STATUSES = ("finished", "reused", "failed")
 def summarize(uri: str, experiment: str, parent: str, metric: str, results: list[JobResult]) -> str:
     """Record the jobs' comparison and counts on the parent run and close it; returns the
     comparison as text."""
-    from src import compare, report, tracking
+    from src import compare, tracking
 
     failed = [result for result in results if result.status == "failed"]
-    table = compare.build_table(tracking.find_runs(uri, experiment, parent_run_id=parent), metric)
+    runs = tracking.find_runs(uri, experiment, f"tags.`{tracking.PARENT_TAG}` = '{parent}'")
     listing = "; ".join(f"{_describe(r, results)}: {r.error}" for r in failed)[:5000]
     tags = {"jobs_failed_list": listing or "(none)"}
     metrics = {f"jobs_{status}": float(count) for status, count in _counts(results).items()}
     metrics["jobs_total"] = float(len(results))
-    best = table.rows[0] if table.rows else None
-    if best is not None and best.value is not None:
-        tags.update({"best_run_id": best.run_id, "best_run_name": best.name})
-        tags["best_job"] = best.tags.get("sweep_job", "")
-        metrics[f"best_{metric}"] = best.value
-    figure = compare.plot_curves(uri, table)
-    compare.log_to_sweep(uri, parent, table, figure, metrics, tags)
-    report.close(figure)
+    text = "No job recorded a run."
+    if not runs.empty:
+        rows = compare.table(runs, metric)
+        best = rows.iloc[0]
+        if best.notna()["sort_value"]:
+            tags.update(best_run_id=best.run_id, best_run_name=best.run, best_job=best.sweep_job)
+            metrics[f"best_{metric}"] = float(best.sort_value)
+        compare.log_to_sweep(uri, parent, rows, metric, compare.plot_curves(uri, rows, metric))
+        text = compare.to_text(rows, metric)
+    tracking.log_to_run(uri, parent, metrics, tags)
     tracking.end_run(uri, parent, "FAILED" if failed else "FINISHED")
-    return compare.to_text(table)
+    return text
 
 
 def _describe(result: JobResult, results: list[JobResult]) -> str:

@@ -259,12 +259,10 @@ class MlflowRun:
         self._artifact("evaluation/confusion_matrix.csv").write_text(
             report.confusion_matrix_csv(matrix)
         )
-        for figure, path in (
-            (report.plot_confusion_matrix(matrix), "evaluation/confusion_matrix.png"),
-            (report.plot_training_curves(history), "plots/training_curves.png"),
-        ):
-            figure.savefig(self._artifact(path))
-            report.close(figure)
+        report.plot_confusion_matrix(matrix).savefig(
+            self._artifact("evaluation/confusion_matrix.png")
+        )
+        report.plot_training_curves(history).savefig(self._artifact("plots/training_curves.png"))
         self._model = model  # Sent when the run closes.
 
     def _artifact(self, artifact_file: str) -> Path:
@@ -475,33 +473,21 @@ def reusable_child_run(uri: str | None, parent_run_id: str, config_hash: str) ->
     return runs[0] if runs else None
 
 
-def find_runs(
-    uri: str,
-    experiment: str,
-    parent_run_id: str | None = None,
-    filter_string: str = "",
-    max_results: int = 1000,
-) -> list[Run]:
-    """Runs of an experiment, optionally only one sweep's children, newest first."""
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
+def find_runs(uri: str, experiment: str, filter_string: str, max_results: int = 1000) -> Any:
+    """The experiment's runs matching the filter, newest first, as ``mlflow.search_runs``'s
+    pandas frame (empty if the experiment does not exist)."""
+    import pandas as pd
+
+    found = MlflowClient(uri).get_experiment_by_name(experiment)
     if found is None:
-        return []
-    clauses = [filter_string.strip()] if filter_string.strip() else []
-    if parent_run_id is not None:
-        clauses.append(f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
-    runs = client.search_runs(
+        return pd.DataFrame()
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(
         [found.experiment_id],
-        filter_string=" and ".join(clauses),
+        filter_string=filter_string,
         order_by=["attributes.start_time DESC"],
         max_results=max_results,
     )
-    return list(runs)
-
-
-def latest_sweep_run_id(uri: str, experiment: str) -> str | None:
-    sweeps = find_runs(uri, experiment, filter_string="tags.sweep_role = 'parent'", max_results=1)
-    return str(sweeps[0].info.run_id) if sweeps else None
 
 
 def metric_history(uri: str, run_id: str, metric: str) -> list[tuple[int, float]]:

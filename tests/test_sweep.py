@@ -92,7 +92,7 @@ def test_grid_sweep_nests_every_job_under_one_parent(tmp_path):
     artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "comparison")}
     assert artifacts == {
         "comparison/comparison.csv",
-        "comparison/comparison.md",
+        "comparison/comparison.txt",
         "comparison/validation_curves.png",
     }
     table = Path(
@@ -210,20 +210,24 @@ def test_compare_prints_the_best_first_and_logs_to_the_sweep(tmp_path):
     )
 
 
-def test_build_table_keeps_only_differing_params_and_sorts_by_direction():
-    from mlflow.entities import Metric, Param, Run, RunData, RunInfo
+def test_the_table_keeps_only_differing_params_and_sorts_by_direction():
+    import pandas as pd
 
-    def run(run_id: str, lr: str, val_loss: float) -> Run:
-        params = {"optimizer.learning_rate": lr, "trainer.epochs": "1", "tracking.uri": run_id}
-        info = RunInfo(run_id, "0", "me", "FINISHED", 0, 0, "active", run_name=run_id)
-        data = RunData([Metric("val_loss", val_loss, 0, 1)], [Param(*p) for p in params.items()])
-        return Run(info, data)
-
-    table = compare.build_table([run("a", "0.1", 0.5), run("b", "0.01", 0.2)], "val_loss")
-    assert table.param_names == ["optimizer.learning_rate"]
-    assert [row.run_id for row in table.rows] == ["b", "a"]
-    assert (
-        compare.to_markdown(table)
-        .splitlines()[0]
-        .startswith("| rank | run | status | optimizer.learning_rate")
+    runs = pd.DataFrame(
+        {
+            "run_id": ["a", "b", "c"],
+            "status": ["FINISHED", "FINISHED", "FAILED"],
+            "tags.mlflow.runName": ["lr=0.1", "lr=0.01", "lr=1"],
+            "params.optimizer.learning_rate": ["0.1", "0.01", "1"],
+            "params.trainer.epochs": ["1", "1", "1"],
+            "params.tracking.uri": ["x", "y", "z"],
+            "metrics.val_loss": [0.5, 0.2, None],
+        }
     )
+    rows = compare.table(runs, "val_loss")
+    assert rows["run_id"].tolist() == ["b", "a", "c"]  # lowest loss first, none last
+    text = compare.to_text(rows, "val_loss")
+    assert text.splitlines()[0] == "Runs by val_loss (lowest first):"
+    header = text.splitlines()[1].split()
+    assert header[:4] == ["rank", "run", "status", "optimizer.learning_rate"]
+    assert "trainer.epochs" not in header and "tracking.uri" not in header
