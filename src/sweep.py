@@ -12,11 +12,10 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
-import math
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from src.schema import ConfigError, validate
 from src.uris import mask_overrides, mask_text, mask_uri
 
 SWEEP_FILE = "sweep.json"
-RESULT_FILE = "job_result.json"
+RESULT_FILE = "result.json"  # Each job's outcome, written by src.train.main in its folder.
 # Settings that change where a job's records go or how it prints, not what it trains.
 _NOT_IN_CONFIG_HASH = ("tracking", "sweep")
 
@@ -43,16 +42,6 @@ class SweepContext:
     parent_run_id: str
     job_number: int
     resumed: bool  # True: reuse the runs this sweep finished before it was interrupted
-
-
-@dataclass(frozen=True)
-class JobResult:
-    job_number: int
-    overrides: list[str]
-    status: str  # "finished", "reused" or "failed"
-    run_id: str | None
-    metric: float | None
-    error: str | None = None
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -75,19 +64,6 @@ def current_sweep() -> SweepContext | None:
         return None
     recorded = json.loads(sweep_file.read_text())
     return SweepContext(job_number=int(hydra_cfg.job.num), **recorded)
-
-
-def write_job_result(result: JobResult) -> None:
-    """Leave the job's outcome in its output folder for the sweep's summary."""
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / RESULT_FILE).write_text(json.dumps(asdict(result)))
-
-
-def job_metric(value: float | None) -> float:
-    """What a job returns to the sweeper: its metric, or NaN for a failed job (Optuna then
-    records the trial as failed instead of stopping the study)."""
-    return math.nan if value is None else value
 
 
 class SweepTracker(Callback):
@@ -147,7 +123,7 @@ class SweepTracker(Callback):
         self._parent_run_id = None  # Closed by summarize; until then _close_if_still_open may.
         counts = _counts(results)
         print(f"\nSweep {parent}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".")
-        failed = [result for result in results if result.status == "failed"]
+        failed = [result for result in results if result["status"] == "failed"]
         if failed:
             names = ", ".join(_describe(r, results) for r in failed)
             print(f"error: {len(failed)} of {len(results)} jobs failed: {names}", file=sys.stderr)
@@ -169,22 +145,24 @@ class SweepTracker(Callback):
             )
 
 
-def _counts(results: list[JobResult]) -> dict[str, int]:
+def _counts(results: list[dict[str, Any]]) -> dict[str, int]:
     """How many jobs finished, were reused from an interrupted sweep, and failed."""
-    return {status: sum(r.status == status for r in results) for status in _STATUSES}
+    return {status: sum(r["status"] == status for r in results) for status in _STATUSES}
 
 
 _STATUSES = ("finished", "reused", "failed")
 
 
-def summarize(uri: str, experiment: str, parent: str, metric: str, results: list[JobResult]) -> str:
+def summarize(
+    uri: str, experiment: str, parent: str, metric: str, results: list[dict[str, Any]]
+) -> str:
     """Record the jobs' comparison and counts on the parent run and close it; returns the
     comparison as text."""
     from src import compare, tracking
 
-    failed = [result for result in results if result.status == "failed"]
+    failed = [result for result in results if result["status"] == "failed"]
     runs = tracking.find_runs(uri, experiment, f"tags.`{tracking.PARENT_TAG}` = '{parent}'")
-    listing = "; ".join(f"{_describe(r, results)}: {r.error}" for r in failed)[:5000]
+    listing = "; ".join(f"{_describe(r, results)}: {r['error']}" for r in failed)[:5000]
     tags = {"jobs_failed_list": listing or "(none)"}
     metrics = {f"jobs_{status}": float(count) for status, count in _counts(results).items()}
     metrics["jobs_total"] = float(len(results))
@@ -202,11 +180,11 @@ def summarize(uri: str, experiment: str, parent: str, metric: str, results: list
     return text
 
 
-def _describe(result: JobResult, results: list[JobResult]) -> str:
+def _describe(result: dict[str, Any], results: list[dict[str, Any]]) -> str:
     """A job by its number and the overrides that set it apart from the other jobs."""
-    shared = set.intersection(*(set(r.overrides) for r in results))
-    own = [override for override in result.overrides if override not in shared]
-    return f"job {result.job_number} ({' '.join(own)})"
+    shared = set.intersection(*(set(r["overrides"]) for r in results))
+    own = [override for override in result["overrides"] if override not in shared]
+    return f"job {result['job_number']} ({' '.join(own)})"
 
 
 def _exit_on_error(step: Callable[[], None]) -> None:
@@ -229,6 +207,6 @@ def _sweep_fingerprint(config: DictConfig, overrides: Sequence[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _read_job_results(sweep_dir: Path) -> list[JobResult]:
-    found = [JobResult(**json.loads(p.read_text())) for p in sweep_dir.glob(f"**/{RESULT_FILE}")]
-    return sorted(found, key=lambda result: result.job_number)
+def _read_job_results(sweep_dir: Path) -> list[dict[str, Any]]:
+    found = [json.loads(path.read_text()) for path in sweep_dir.glob(f"**/{RESULT_FILE}")]
+    return sorted(found, key=lambda result: result["job_number"])

@@ -5,22 +5,20 @@
     python -m src.train --help                           # every option
 
 ``train(cfg)`` holds the pipeline, step by step as in the tutorial: load, build, compile, fit,
-evaluate, record. ``main`` is the Hydra entry point: it only calls ``train`` and returns the
-metric a sweeper optimises. TensorFlow and MLflow are imported inside ``train`` so that
-``--help`` and ``--cfg job`` answer at once.
+evaluate, record. ``main`` is the Hydra entry point. TensorFlow and MLflow are imported inside
+``train`` so that ``--help`` and ``--cfg job`` answer at once.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -31,14 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from src import records, signals
 from src.errors import DivergedError, PipelineError
 from src.schema import ConfigError, LabelEncoding, register_configs, validate
-from src.sweep import (
-    JobResult,
-    SweepContext,
-    config_hash,
-    current_sweep,
-    job_metric,
-    write_job_result,
-)
+from src.sweep import RESULT_FILE, SweepContext, config_hash, current_sweep
 from src.uris import mask_overrides, mask_uri
 
 if TYPE_CHECKING:
@@ -47,9 +38,6 @@ if TYPE_CHECKING:
     from src.data import RawMnist, Splits
 
 register_configs()
-
-# The test forward pass has no training-time behaviour to preserve, so it uses large batches.
-_EVALUATION_BATCH_SIZE = 512
 
 
 @dataclass(frozen=True)
@@ -66,7 +54,6 @@ def train(
     """Run one training job as ``cfg`` says and record it; ``overrides`` are the command-line
     overrides that produced ``cfg`` (they name the run and are stored with it), ``sweep`` the
     sweep the job belongs to, if any."""
-    started = time.perf_counter()
     validate(cfg)
     overrides = mask_overrides(list(overrides))
     fingerprint = config_hash(cfg)
@@ -97,11 +84,6 @@ def train(
 
     metrics.update({name: values[-1] for name, values in history.items()})
     result = TrainResult(run_id=run.run_id, model_uri=run.model_uri, metrics=metrics)
-    if HydraConfig.initialized():
-        # The outcome, machine-readable, in the job's folder (benchmarks and scripts read it).
-        # job_seconds: the whole job, from its config to its run closed in the store.
-        outcome = {**dataclasses.asdict(result), "job_seconds": time.perf_counter() - started}
-        (_output_dir() / "result.json").write_text(json.dumps(outcome, indent=1))
     _print_summary(cfg, result)
     return result
 
@@ -115,14 +97,10 @@ def _build_and_compile(cfg: DictConfig, train_size: int) -> tuple[keras.Model, A
     keras.utils.set_random_seed(cfg.trainer.seed)
     model = instantiate(cfg.model)
     loss = instantiate(cfg.loss.fn)
-    steps_per_epoch = -(-train_size // cfg.trainer.batch_size)
-    learning_rate = instantiate(
-        cfg.schedule,
-        learning_rate=cfg.optimizer.learning_rate,
-        total_steps=steps_per_epoch * cfg.trainer.epochs,
-    )
+    steps = -(-train_size // cfg.trainer.batch_size) * cfg.trainer.epochs
+    rate = instantiate(cfg.schedule, learning_rate=cfg.optimizer.learning_rate, total_steps=steps)
     model.compile(
-        optimizer=instantiate(cfg.optimizer, _partial_=True)(learning_rate=learning_rate),
+        optimizer=instantiate(cfg.optimizer, _partial_=True)(learning_rate=rate),
         loss=loss,
         metrics=["accuracy"],
         steps_per_execution=cfg.trainer.steps_per_execution,
@@ -142,8 +120,7 @@ def _open_run(
     if sweep is not None:
         tags[tracking.PARENT_TAG] = tags["sweep_id"] = sweep.parent_run_id
         tags["sweep_job"] = str(sweep.job_number)
-    commit = records.git_commit()
-    if commit:
+    if commit := records.git_commit():
         tags["git_commit"] = tags["mlflow.source.git.commit"] = commit
     name = cfg.tracking.run_name or records.run_name_from_overrides(overrides)
     return tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment, name, tags, _output_dir())
@@ -212,11 +189,12 @@ def _fit(
 
 
 def _evaluate(model: keras.Model, loss: Any, splits: Splits) -> tuple[dict[str, float], Any]:
-    """Test loss and accuracy from one forward pass over the test set; and the predicted digits."""
+    """Test loss and accuracy from one forward pass over the test set (in large batches: it
+    has no training-time behaviour to preserve); and the predicted digits."""
     import keras
     import numpy as np
 
-    probabilities = model.predict(splits.x_test, batch_size=_EVALUATION_BATCH_SIZE, verbose=0)
+    probabilities = model.predict(splits.x_test, batch_size=512, verbose=0)
     predicted = probabilities.argmax(axis=1)
     metrics = {
         "test_loss": float(keras.ops.convert_to_numpy(loss(splits.y_test, probabilities))),
@@ -269,10 +247,14 @@ def _print_summary(cfg: DictConfig, result: TrainResult) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    """Hydra's entry point: train, and return the metric a sweeper optimises."""
+    """Hydra's entry point: train, leave the job's outcome in ``result.json`` in its folder
+    (for the sweep's summary, benchmarks and scripts), and return the metric a sweeper
+    optimises (NaN for a failed job: Optuna then records a failed trial and goes on)."""
     signals.install()
+    started = time.perf_counter()
     overrides = mask_overrides(list(HydraConfig.get().overrides.task))
     sweep = current_sweep()
+    outcome: dict[str, Any] = {"job_number": sweep and sweep.job_number, "overrides": overrides}
     try:
         result = train(cfg, overrides, sweep)
     except KeyboardInterrupt as error:
@@ -289,13 +271,13 @@ def main(cfg: DictConfig) -> float:
         # sweep's summary names it, and the command exits non-zero at the end.
         message = f"{type(error).__name__}: {error}".splitlines()[0]
         print(f"error: job {sweep.job_number} failed: {message}", file=sys.stderr)
-        write_job_result(JobResult(sweep.job_number, overrides, "failed", None, None, message))
-        return job_metric(None)
-    metric = result.metrics.get(cfg.optimized_metric)
-    if sweep is not None:
-        status = "reused" if result.reused else "finished"
-        write_job_result(JobResult(sweep.job_number, overrides, status, result.run_id, metric))
-    return job_metric(metric)
+        outcome.update(status="failed", error=message)
+        (_output_dir() / RESULT_FILE).write_text(json.dumps(outcome, indent=1))
+        return math.nan
+    outcome.update(asdict(result), status="reused" if result.reused else "finished")
+    outcome["job_seconds"] = time.perf_counter() - started  # from the config to the run closed
+    (_output_dir() / RESULT_FILE).write_text(json.dumps(outcome, indent=1))
+    return result.metrics.get(cfg.optimized_metric, math.nan)
 
 
 if __name__ == "__main__":

@@ -214,4 +214,4 @@ def test_a_sweep_whose_tracking_server_is_down_stops_before_any_job(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: tracking.uri=http://127.0.0.1:{port}: no tracking server")
     assert "Traceback" not in result.stderr
-    assert not list((tmp_path / "sweep").glob("*/job_result.json"))
+    assert not list((tmp_path / "sweep").glob("*/result.json"))
