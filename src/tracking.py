@@ -107,7 +107,7 @@ def prepare_store(uri: str | None, experiment: str) -> tuple[str, str]:
                 raise PermissionError("permission denied")
         with _creating(database) if database is not None else contextlib.nullcontext():
             client = MlflowClient(tracking_uri)
-            experiment_id = _experiment_id(client, experiment, tracking_uri)
+            experiment_id = _experiment_id(client, experiment, database)
         _close_runs_of_dead_processes(client)
     except UNREACHABLE as error:
         raise _store_error(tracking_uri, error) from error
@@ -119,25 +119,24 @@ def _store_error(uri: str, error: BaseException) -> TrackingError:
     a SQLite database MLflow refuses, or a server that does not answer."""
     database = _sqlite_path(uri)
     if database is not None and isinstance(error, OSError):
-        return TrackingError(
-            f"tracking.uri={uri}: {database.parent} cannot be written "
-            f"({error.strerror or error}); choose a folder you can write"
+        reason = error.strerror or error
+        problem = f"{database.parent} cannot be written ({reason}); choose a folder you can write"
+    elif database is not None:
+        problem = f"MLflow cannot use it ({reason_of(error)})"
+    else:
+        problem = (
+            f"no tracking server answers there ({reason_of(error)}); start it "
+            "(mlflow server --host 127.0.0.1 --port PORT) or fix the URI"
         )
-    if database is not None:
-        return TrackingError(f"tracking.uri={uri}: MLflow cannot use it ({reason_of(error)})")
-    return TrackingError(
-        f"tracking.uri={mask_uri(uri)}: no tracking server answers there ({reason_of(error)}); "
-        "start it (mlflow server --host 127.0.0.1 --port PORT) or fix the URI"
-    )
+    return TrackingError(f"tracking.uri={mask_uri(uri)}: {problem}")
 
 
-def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    """The named experiment's id, created if it does not exist yet (here or concurrently)."""
+def _experiment_id(client: MlflowClient, name: str, database: Path | None) -> str:
+    """The named experiment's id, created if it does not exist yet (here or concurrently); a
+    local store keeps its artifacts beside its database, whatever the working folder."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        database = _sqlite_path(uri)
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "experiment"
-        # A local store keeps its artifacts beside its database, whatever the working folder.
         location = (database.parent / "artifacts" / slug).resolve().as_uri() if database else None
         try:
             return client.create_experiment(name, artifact_location=location)
@@ -147,8 +146,8 @@ def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
                 raise
     if experiment.lifecycle_stage == "deleted":
         raise TrackingError(
-            f"tracking.experiment={name} is deleted in {mask_uri(uri)}: restore it in the UI "
-            "or choose another name"
+            f"tracking.experiment={name} is deleted in {mask_uri(client.tracking_uri)}: "
+            "restore it in the UI or choose another name"
         )
     return str(experiment.experiment_id)
 
@@ -170,10 +169,11 @@ def ui_hint(uri: str) -> str:
 
 def _process_tags() -> dict[str, str]:
     me = psutil.Process()
+    started = repr(me.create_time())
     return {
         "process.host": socket.gethostname(),
         "process.pid": str(me.pid),
-        "process.started": repr(me.create_time()),
+        "process.started": started,
     }
 
 
@@ -202,6 +202,29 @@ def _close_runs_of_dead_processes(client: MlflowClient) -> None:
 # One job's run.
 
 
+@contextmanager
+def start_run(
+    uri: str | None, experiment: str, run_name: str, tags: Mapping[str, str], output_dir: Path
+) -> Iterator[MlflowRun]:
+    """Open one job's run and close it with the status it earned: FINISHED, FAILED if the job
+    raised, KILLED on an interrupt."""
+    tracking_uri, experiment_id = prepare_store(uri, experiment)
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        opened = mlflow.start_run(
+            experiment_id=experiment_id, run_name=run_name, tags={**tags, **_process_tags()}
+        )
+    except UNREACHABLE as error:
+        raise _store_error(tracking_uri, error) from error
+    run = MlflowRun(opened.info.run_id, tracking_uri, output_dir)
+    try:
+        yield run
+    except BaseException as error:
+        run.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED", error)
+        raise
+    run.close("FINISHED")
+
+
 class MlflowRun:
     """One job's open MLflow run: the :class:`src.records.Recorder` that records into MLflow.
 
@@ -218,13 +241,8 @@ class MlflowRun:
         self._output_dir = output_dir
         self._folder = Path(tempfile.mkdtemp(prefix="mnist-run-"))  # artifacts/, model.keras
         # Everything sent, to keep the whole run if the store stops answering (see replay).
-        self._record: dict[str, Any] = {
-            "run_id": run_id,
-            "uri": mask_uri(uri),
-            "params": {},
-            "tags": {},
-            "metrics": [],
-        }
+        self._record: dict[str, Any] = {"run_id": run_id, "uri": mask_uri(uri), "metrics": []}
+        self._record.update(params={}, tags={})
         self._sending: list[Any] = []  # MLflow's handles on the asynchronous records
         self._model: keras.Model | None = None
 
@@ -256,12 +274,10 @@ class MlflowRun:
         model: keras.Model | None,
     ) -> None:
         matrix = report.confusion_matrix(test_labels, predicted)
-        self._artifact("evaluation/confusion_matrix.csv").write_text(
-            report.confusion_matrix_csv(matrix)
-        )
-        report.plot_confusion_matrix(matrix).savefig(
-            self._artifact("evaluation/confusion_matrix.png")
-        )
+        csv = report.confusion_matrix_csv(matrix)
+        self._artifact("evaluation/confusion_matrix.csv").write_text(csv)
+        figure = report.plot_confusion_matrix(matrix)
+        figure.savefig(self._artifact("evaluation/confusion_matrix.png"))
         report.plot_training_curves(history).savefig(self._artifact("plots/training_curves.png"))
         self._model = model  # Sent when the run closes.
 
@@ -275,8 +291,8 @@ class MlflowRun:
         tag ``error`` and its traceback in ``error/traceback.txt``; if the store does not
         answer, keep the whole run in the job's folder instead."""
         if error is not None:
-            trace = traceback.format_exception(error)
-            self._artifact("error/traceback.txt").write_text("".join(trace))
+            trace = "".join(traceback.format_exception(error))
+            self._artifact("error/traceback.txt").write_text(trace)
             reason = f"{type(error).__name__}: {error}"[:5000]
             self._set_tags({"error": reason, **getattr(error, "run_tags", {})})
         self._record["status"] = status
@@ -285,12 +301,13 @@ class MlflowRun:
                 sending.wait()  # Raises the error of a record that was not sent.
             self.model_uri = _send_files(self._folder, self._record["tags"], self._model)
             mlflow.end_run(status)
-        except UNREACHABLE as lost:
-            _end_active_run(status)
-            self._keep_offline(lost)
-        except BaseException as late:  # A second Ctrl-C, or a model that could not be logged.
-            _end_active_run("KILLED" if isinstance(late, KeyboardInterrupt) else "FAILED")
-            raise
+        except BaseException as late:  # A lost store, a second Ctrl-C, a model not logged.
+            lost = isinstance(late, UNREACHABLE)
+            with contextlib.suppress(*UNREACHABLE):  # MLflow forgets the run even if it fails.
+                mlflow.end_run(status if lost else _status_of(late))
+            if not lost:
+                raise
+            self._keep_offline(late)
         finally:
             shutil.rmtree(self._folder, ignore_errors=True)
 
@@ -315,10 +332,8 @@ class MlflowRun:
             )
 
 
-def _end_active_run(status: str) -> None:
-    """End the fluent API's run, which it forgets even when the store does not answer."""
-    with contextlib.suppress(*UNREACHABLE):
-        mlflow.end_run(status)
+def _status_of(error: BaseException) -> str:
+    return "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
 
 
 def reason_of(error: BaseException) -> str:
@@ -340,29 +355,23 @@ def _send_files(folder: Path, tags: Mapping[str, str], model: keras.Model | None
         mlflow.log_input(dataset, context="training")
     if model is None:
         return None
-    signature, requirements = model_signature(model), _requirements()
+    # Explicit requirements: MLflow's inference of them costs seconds per run.
+    versions = [
+        f"{name}=={importlib.metadata.version(name)}" for name in ("mlflow", "keras", "tensorflow")
+    ]
     info = mlflow.keras.log_model(
-        model, name="model", signature=signature, pip_requirements=requirements
+        model, name="model", signature=_signature(model), pip_requirements=versions
     )
     mlflow.set_tag("model_uri", info.model_uri)
     return str(info.model_uri)
 
 
-def model_signature(model: keras.Model) -> ModelSignature:
+def _signature(model: keras.Model) -> ModelSignature:
     """Float32 images in, probabilities out. The input is unnamed: with a name, MLflow hands
     the model a dict, which Keras warns about on every predict."""
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *model.input_shape[1:]))]),
-        outputs=Schema(
-            [TensorSpec(np.dtype(np.float32), (-1, *model.output_shape[1:]), "probabilities")]
-        ),
-    )
-
-
-def _requirements() -> list[str]:
-    """Explicit requirements: MLflow's inference of them costs seconds per run."""
-    packages = ("mlflow", "keras", "tensorflow")
-    return [f"{package}=={importlib.metadata.version(package)}" for package in packages]
+    images = TensorSpec(np.dtype(np.float32), (-1, *model.input_shape[1:]))
+    probabilities = TensorSpec(np.dtype(np.float32), (-1, *model.output_shape[1:]), "probabilities")
+    return ModelSignature(inputs=Schema([images]), outputs=Schema([probabilities]))
 
 
 def _param_value(value: Any) -> Any:
@@ -371,33 +380,6 @@ def _param_value(value: Any) -> Any:
     if isinstance(value, str) and "://" in value:
         return mask_uri(value)
     return "null" if value is None else value
-
-
-@contextmanager
-def start_run(
-    uri: str | None, experiment: str, run_name: str, tags: Mapping[str, str], output_dir: Path
-) -> Iterator[MlflowRun]:
-    """Open one job's run and close it with the status it earned: FINISHED, FAILED if the job
-    raised, KILLED on an interrupt."""
-    tracking_uri, experiment_id = prepare_store(uri, experiment)
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        opened = mlflow.start_run(
-            experiment_id=experiment_id, run_name=run_name, tags={**tags, **_process_tags()}
-        )
-    except UNREACHABLE as error:
-        raise _store_error(tracking_uri, error) from error
-    run = MlflowRun(opened.info.run_id, tracking_uri, output_dir)
-    try:
-        yield run
-    except KeyboardInterrupt as error:
-        run.close("KILLED", error)
-        raise
-    except BaseException as error:
-        run.close("FAILED", error)
-        raise
-    else:
-        run.close("FINISHED")
 
 
 def replay(folder: Path, uri: str | None = None) -> str | None:
@@ -464,10 +446,8 @@ def reusable_child_run(uri: str | None, parent_run_id: str, config_hash: str) ->
     client = MlflowClient(resolve_uri(uri))
     runs = client.search_runs(
         [client.get_run(parent_run_id).info.experiment_id],
-        filter_string=(
-            f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.config_hash = '{config_hash}' "
-            "and attributes.status = 'FINISHED'"
-        ),
+        f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.config_hash = '{config_hash}' "
+        "and attributes.status = 'FINISHED'",
         max_results=1,
     )
     return runs[0] if runs else None
