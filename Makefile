@@ -12,7 +12,7 @@ PORT ?= 5000
 STORE ?= mlruns
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-slow test-full bench lint format typecheck check ui clean
+.PHONY: help install train test test-slow test-full test-browser bench lint format typecheck check ui serve clean
 
 help: ## List every target
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,6 +36,11 @@ test: install ## Run the test suite (fixture data, temporary stores; no network)
 test-slow: install ## Run the slow tests: real servers, signals, killed processes, parallel and Optuna sweeps
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m slow
 
+test-browser: install ## Render MLflow's UI in headless Chromium (apt-installs chromium and its driver if missing)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+	$(BIN)/python -m pytest -m browser
+
 test-full: install ## Train the default run on the full MNIST in DATA_DIR and require 98% test accuracy
 	@test -n "$(DATA_DIR)" || { echo "error: set DATA_DIR=folder with the full MNIST files" >&2; exit 2; }
 	MNIST_FULL_DIR=$(abspath $(DATA_DIR)) $(BIN)/python -m pytest -m full -s
@@ -58,9 +63,18 @@ typecheck: install ## Type-check the package with mypy
 
 check: lint typecheck test test-slow ## Lint, type-check and run every test but the full-MNIST one
 
-ui: install ## Serve the project's MLflow store at http://$(HOST):$(PORT)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(STORE))/mlflow.db \
+STORE_URI = sqlite:///$(abspath $(STORE))/mlflow.db
+ui: install ## Serve the project's MLflow store at http://$(HOST):$(PORT), opening on the runs table
+	$(BIN)/python -m src.tracking --tracking-uri $(STORE_URI) --ui http://$(HOST):$(PORT)
+	$(BIN)/mlflow ui --backend-store-uri $(STORE_URI) \
 		--default-artifact-root $(abspath $(STORE))/artifacts --host $(HOST) --port $(PORT)
+
+MODEL ?= models:/mnist-cnn@best
+SERVE_PORT = $(if $(filter command line,$(origin PORT)),$(PORT),5001)
+serve: install ## Serve MODEL (default: the registered best) for predictions on 127.0.0.1:PORT (5001)
+	$(BIN)/python -m src.tracking --tracking-uri $(STORE_URI) >/dev/null
+	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_TRACKING_URI=$(STORE_URI) $(BIN)/mlflow models serve \
+		--model-uri $(MODEL) --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
 
 clean: ## Remove caches and Hydra outputs (never the recorded runs in mlruns/)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache outputs multirun build *.egg-info

@@ -36,13 +36,14 @@ class Recorder(Protocol):
 
     def log_results(
         self,
+        test_images: np.ndarray,
         test_labels: np.ndarray,
         predicted: np.ndarray,
         history: Mapping[str, list[float]],
         model: keras.Model | None,
     ) -> None:
-        """The test set's true and predicted digits, Keras's per-epoch history, and the model
-        (None: not kept)."""
+        """The test set's images, true and predicted digits, Keras's per-epoch history, and
+        the model (None: not kept)."""
 
 
 class DryRun:

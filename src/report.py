@@ -88,3 +88,22 @@ def plot_validation_curves(
     if histories:
         axes.legend(fontsize=7, loc="best")
     return figure
+
+
+def plot_misclassified(
+    images: np.ndarray, true_labels: np.ndarray, predicted_labels: np.ndarray, shown: int = 36
+) -> Figure:
+    """The first ``shown`` misclassified test digits, each titled with its predicted and true
+    label: what the seed tutorial's readers look at to see where the model goes wrong."""
+    wrong = np.flatnonzero(predicted_labels != true_labels)
+    figure = Figure(figsize=(9, 10), layout="tight")
+    figure.suptitle(f"{len(wrong)} of {len(true_labels)} test digits misclassified")
+    columns = 6
+    for position, index in enumerate(wrong[:shown]):
+        axes = figure.add_subplot(-(-shown // columns), columns, position + 1)
+        axes.imshow(images[index].squeeze(), cmap="gray_r")
+        axes.set_title(
+            f"predicted {predicted_labels[index]}, true {true_labels[index]}", fontsize=8
+        )
+        axes.set_axis_off()
+    return figure

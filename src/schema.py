@@ -111,6 +111,8 @@ class TrackingConfig:
     experiment: str = MISSING
     run_name: str | None = None
     log_model: bool = True
+    register: bool | None = None
+    system_metrics: bool = True
 
 
 @dataclass

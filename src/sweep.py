@@ -116,13 +116,16 @@ class SweepTracker(Callback):
     def _finish(self, config: DictConfig) -> None:
         if self._uri is None or self._parent_run_id is None:
             return  # A dry sweep.
+        from src import tracking
+
         parent = self._parent_run_id
         results = _read_job_results(Path(config.hydra.sweep.dir))
-        metric = config.optimized_metric
-        print(summarize(self._uri, config.tracking.experiment, parent, metric, results))
+        experiment, register = config.tracking.experiment, config.tracking.register is not False
+        text = summarize(self._uri, experiment, parent, config.optimized_metric, results, register)
         self._parent_run_id = None  # Closed by summarize; until then _close_if_still_open may.
-        counts = _counts(results)
-        print(f"\nSweep {parent}: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".")
+        counts = ", ".join(f"{n} {s}" for s, n in _counts(results).items())
+        hint = tracking.ui_hint(self._uri, experiment)
+        print(f"{text}\n\nSweep {parent}: {counts}.\nTo compare its runs, {hint}.")
         failed = [result for result in results if result["status"] == "failed"]
         if failed:
             names = ", ".join(_describe(r, results) for r in failed)
@@ -154,10 +157,15 @@ _STATUSES = ("finished", "reused", "failed")
 
 
 def summarize(
-    uri: str, experiment: str, parent: str, metric: str, results: list[dict[str, Any]]
+    uri: str,
+    experiment: str,
+    parent: str,
+    metric: str,
+    results: list[dict[str, Any]],
+    register: bool = True,
 ) -> str:
-    """Record the jobs' comparison and counts on the parent run and close it; returns the
-    comparison as text."""
+    """Record the jobs' comparison and counts on the parent run, register the best job's model
+    (``register``), and close the parent; returns the comparison as text."""
     from src import compare, tracking
 
     failed = [result for result in results if result["status"] == "failed"]
@@ -170,11 +178,18 @@ def summarize(
     if not runs.empty:
         rows = compare.table(runs, metric)
         best = rows.iloc[0]
+        text = compare.to_text(rows, metric)
         if best.notna()["sort_value"]:
             tags.update(best_run_id=best.run_id, best_run_name=best.run, best_job=best.sweep_job)
-            metrics[f"best_{metric}"] = float(best.sort_value)
+            metrics[f"best_{metric}"] = value = float(best.sort_value)
+            model_uri = runs.set_index("run_id").get("tags.model_uri", {}).get(best.run_id)
+            if register and isinstance(model_uri, str):
+                lower = compare.lower_is_better(metric)
+                registered = tracking.register_model(
+                    uri, model_uri, experiment, metric, value, lower
+                )
+                text += f"\n\nBest job {best.sweep_job}: {registered}"
         compare.log_to_sweep(uri, parent, rows, metric, compare.plot_curves(uri, rows, metric))
-        text = compare.to_text(rows, metric)
     tracking.log_to_run(uri, parent, metrics, tags)
     tracking.end_run(uri, parent, "FAILED" if failed else "FINISHED")
     return text

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import io
 import json
+import logging
 import os
 import re
 import shutil
 import socket
+import sqlite3
 import sys
 import tempfile
 import time
@@ -52,9 +55,14 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 # MLflow prints the run's URL (credentials included) when a run ends; the summary says it.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+if "MLFLOW_LOGGING_LEVEL" not in os.environ:  # MLflow's own setting; INFO shows migrations.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 DEFAULT_STORE = PROJECT_ROOT / "mlruns" / "mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow's UI opens an experiment with this tag in its model-training view, not the GenAI one.
+KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+BEST_ALIAS = "best"
 # What a store that stopped answering looks like from here.
 UNREACHABLE = (MlflowException, requests.exceptions.RequestException, OSError)
 
@@ -121,6 +129,11 @@ def _store_error(uri: str, error: BaseException) -> TrackingError:
     if database is not None and isinstance(error, OSError):
         reason = error.strerror or error
         problem = f"{database.parent} cannot be written ({reason}); choose a folder you can write"
+    elif database is not None and _half_migrated(database):
+        problem = (
+            "MLflow's migration of this database was interrupted (it was being created by two "
+            f"programs at once); move it away (mv {database} {database}.broken) and run again"
+        )
     elif database is not None:
         problem = f"MLflow cannot use it ({reason_of(error)})"
     else:
@@ -131,6 +144,16 @@ def _store_error(uri: str, error: BaseException) -> TrackingError:
     return TrackingError(f"tracking.uri={mask_uri(uri)}: {problem}")
 
 
+def _half_migrated(database: Path) -> bool:
+    """Whether an interrupted migration left its temporary tables in the database."""
+    query = "select 1 from sqlite_master where name like '\\_alembic\\_tmp\\_%' escape '\\'"
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
+            return db.execute(query).fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+
 def _experiment_id(client: MlflowClient, name: str, database: Path | None) -> str:
     """The named experiment's id, created if it does not exist yet (here or concurrently); a
     local store keeps its artifacts beside its database, whatever the working folder."""
@@ -139,7 +162,8 @@ def _experiment_id(client: MlflowClient, name: str, database: Path | None) -> st
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "experiment"
         location = (database.parent / "artifacts" / slug).resolve().as_uri() if database else None
         try:
-            return client.create_experiment(name, artifact_location=location)
+            kind = {KIND_TAG: MODEL_TRAINING}
+            return client.create_experiment(name, artifact_location=location, tags=kind)
         except MlflowException as error:
             experiment = client.get_experiment_by_name(name)
             if error.error_code != "RESOURCE_ALREADY_EXISTS" or experiment is None:
@@ -149,18 +173,32 @@ def _experiment_id(client: MlflowClient, name: str, database: Path | None) -> st
             f"tracking.experiment={name} is deleted in {mask_uri(client.tracking_uri)}: "
             "restore it in the UI or choose another name"
         )
+    if KIND_TAG not in experiment.tags:  # Made before the project tagged its experiments.
+        client.set_experiment_tag(experiment.experiment_id, KIND_TAG, MODEL_TRAINING)
     return str(experiment.experiment_id)
 
 
-def ui_hint(uri: str) -> str:
-    """How to look at the runs of this store."""
+def ui_address(uri: str, experiment: str, ui: str = "http://127.0.0.1:5000") -> str:
+    """The address of the experiment's runs table in MLflow's UI, in the model-training view
+    (``ui``: where the UI listens; a tracking server serves its own); the UI's start page if
+    the store does not answer or has no such experiment."""
     if uri.startswith(("http://", "https://")):
-        return f"open {without_credentials(uri)} in a browser"
-    if uri == resolve_uri(None):
-        return "run `make ui` and open http://127.0.0.1:5000"
-    return (
-        f"run `mlflow ui --backend-store-uri {uri} --host 127.0.0.1` and open http://127.0.0.1:5000"
-    )
+        ui = without_credentials(uri).rstrip("/")
+    try:
+        found = MlflowClient(uri).get_experiment_by_name(experiment)
+    except UNREACHABLE:
+        found = None
+    if found is None:
+        return f"{ui}/"
+    return f"{ui}/#/experiments/{found.experiment_id}/runs?workflowType=machine_learning"
+
+
+def ui_hint(uri: str, experiment: str) -> str:
+    """How to look at this experiment's runs, and for a local store what serves them."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {ui_address(uri, experiment)}"
+    serve = "make ui" if uri == resolve_uri(None) else f"mlflow ui --backend-store-uri {uri}"
+    return f"run `{serve}` and open {ui_address(uri, experiment)}"
 
 
 # Runs whose process died (kill -9, the out-of-memory killer): every run records its host and
@@ -204,15 +242,24 @@ def _close_runs_of_dead_processes(client: MlflowClient) -> None:
 
 @contextmanager
 def start_run(
-    uri: str | None, experiment: str, run_name: str, tags: Mapping[str, str], output_dir: Path
+    uri: str | None,
+    experiment: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    output_dir: Path,
+    system_metrics: bool = True,
 ) -> Iterator[MlflowRun]:
     """Open one job's run and close it with the status it earned: FINISHED, FAILED if the job
-    raised, KILLED on an interrupt."""
+    raised, KILLED on an interrupt. ``system_metrics``: MLflow samples the process's CPU and
+    memory use while the run is open."""
     tracking_uri, experiment_id = prepare_store(uri, experiment)
     mlflow.set_tracking_uri(tracking_uri)
     try:
         opened = mlflow.start_run(
-            experiment_id=experiment_id, run_name=run_name, tags={**tags, **_process_tags()}
+            experiment_id=experiment_id,
+            run_name=run_name,
+            tags={**tags, **_process_tags()},
+            log_system_metrics=system_metrics,
         )
     except UNREACHABLE as error:
         raise _store_error(tracking_uri, error) from error
@@ -268,6 +315,7 @@ class MlflowRun:
 
     def log_results(
         self,
+        test_images: np.ndarray,
         test_labels: np.ndarray,
         predicted: np.ndarray,
         history: Mapping[str, list[float]],
@@ -276,9 +324,14 @@ class MlflowRun:
         matrix = report.confusion_matrix(test_labels, predicted)
         csv = report.confusion_matrix_csv(matrix)
         self._artifact("evaluation/confusion_matrix.csv").write_text(csv)
-        figure = report.plot_confusion_matrix(matrix)
-        figure.savefig(self._artifact("evaluation/confusion_matrix.png"))
-        report.plot_training_curves(history).savefig(self._artifact("plots/training_curves.png"))
+        for path, figure in {
+            "evaluation/confusion_matrix.png": report.plot_confusion_matrix(matrix),
+            "evaluation/misclassified.png": report.plot_misclassified(
+                test_images, test_labels, predicted
+            ),
+            "plots/training_curves.png": report.plot_training_curves(history),
+        }.items():
+            figure.savefig(self._artifact(path))
         self._model = model  # Sent when the run closes.
 
     def _artifact(self, artifact_file: str) -> Path:
@@ -380,6 +433,35 @@ def _param_value(value: Any) -> Any:
     if isinstance(value, str) and "://" in value:
         return mask_uri(value)
     return "null" if value is None else value
+
+
+def register_model(
+    uri: str, model_uri: str, name: str, metric: str, value: float, lower_is_better: bool
+) -> str:
+    """Register a logged model as a new version of the registered model ``name``, and point
+    the alias ``best`` at it if its ``metric`` beats the version the alias points to (or none
+    does). Returns a line that says what was done, or why nothing was."""
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints what this returns.
+            version = mlflow.register_model(model_uri, name, tags={metric: repr(value)})
+        try:
+            current = client.get_model_version_by_alias(name, BEST_ALIAS)
+        except MlflowException as error:
+            if error.error_code != "INVALID_PARAMETER_VALUE":  # Not "no such alias".
+                raise
+            current = None
+        said = f"Registered as version {version.version} of model '{name}'"
+        if current is not None and metric in current.tags:
+            best = float(current.tags[metric])
+            if (value >= best) if lower_is_better else (value <= best):
+                stays = f"stays version {current.version} ({metric} {best:.4f})"
+                return f"{said}; models:/{name}@{BEST_ALIAS} {stays}."
+        client.set_registered_model_alias(name, BEST_ALIAS, version.version)
+    except UNREACHABLE as error:
+        return f"warning: the model was not registered ({reason_of(error)})."
+    return f"{said}, now models:/{name}@{BEST_ALIAS} ({metric} {value:.4f})."
 
 
 def replay(folder: Path, uri: str | None = None) -> str | None:
@@ -502,3 +584,27 @@ def end_run(uri: str, run_id: str, status: str) -> None:
     client = MlflowClient(uri)
     if client.get_run(run_id).info.status == "RUNNING":
         client.set_terminated(run_id, status=status)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m src.tracking``: create the store if it does not exist yet, through the
+    project's lock (``make ui`` and ``make serve`` do, before MLflow opens it), and print the
+    address of the experiment's runs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m src.tracking", description=main.__doc__)
+    parser.add_argument("--tracking-uri", help="default: the project's store in mlruns/")
+    parser.add_argument("--experiment", default="mnist-cnn", help="default: %(default)s")
+    parser.add_argument("--ui", default="http://127.0.0.1:5000", help="where the UI listens")
+    args = parser.parse_args(argv)
+    try:
+        uri, _ = prepare_store(args.tracking_uri, args.experiment)
+    except TrackingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"The runs of '{args.experiment}': {ui_address(uri, args.experiment, args.ui)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -63,8 +62,9 @@ def train(
             return reused
 
     # Load: the data is read and checked before anything is recorded.
-    from src import data
+    from src import data, quiet
 
+    quiet.import_keras()
     raw = data.load_mnist(
         cfg.data.dir, cfg.data.cache_dir, cfg.data.url, cfg.data.sha256, cfg.data.verify
     )
@@ -80,17 +80,23 @@ def train(
         metrics.update(fit_seconds=fit_seconds, train_samples_per_second=samples / fit_seconds)
         run.log_metrics(metrics, step=cfg.trainer.epochs)
         kept_model = model if cfg.tracking.log_model else None
-        run.log_results(splits.test_labels, predicted, history, kept_model)
+        run.log_results(splits.x_test, splits.test_labels, predicted, history, kept_model)
 
     metrics.update({name: values[-1] for name, values in history.items()})
     result = TrainResult(run_id=run.run_id, model_uri=run.model_uri, metrics=metrics)
     _print_summary(cfg, result)
+    if cfg.tracking.register and result.model_uri:
+        from src import compare, tracking
+
+        metric, uri = cfg.optimized_metric, tracking.resolve_uri(cfg.tracking.uri)
+        lower = compare.lower_is_better(metric)
+        name = cfg.tracking.experiment
+        print(tracking.register_model(uri, result.model_uri, name, metric, metrics[metric], lower))
     return result
 
 
 def _build_and_compile(cfg: DictConfig, train_size: int) -> tuple[keras.Model, Any]:
     """The CNN compiled with the configured optimizer, schedule and loss; and that loss."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter.
     import keras
     from hydra.utils import instantiate
 
@@ -123,7 +129,14 @@ def _open_run(
     if commit := records.git_commit():
         tags["git_commit"] = tags["mlflow.source.git.commit"] = commit
     name = cfg.tracking.run_name or records.run_name_from_overrides(overrides)
-    return tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment, name, tags, _output_dir())
+    return tracking.start_run(
+        cfg.tracking.uri,
+        cfg.tracking.experiment,
+        name,
+        tags,
+        _output_dir(),
+        system_metrics=cfg.tracking.system_metrics,
+    )
 
 
 def _setup_records(
@@ -231,7 +244,7 @@ def _print_summary(cfg: DictConfig, result: TrainResult) -> None:
         from src import tracking
 
         model = f", model {result.model_uri}" if result.model_uri else ""
-        hint = tracking.ui_hint(tracking.resolve_uri(cfg.tracking.uri))
+        hint = tracking.ui_hint(tracking.resolve_uri(cfg.tracking.uri), cfg.tracking.experiment)
         where = (
             f"Recorded as run {result.run_id} in experiment '{cfg.tracking.experiment}'{model}."
             f"\nTo compare runs, {hint}."

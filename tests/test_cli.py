@@ -44,6 +44,13 @@ def test_command_line_run_with_sgd_and_categorical_loss(tmp_path):
     assert run.data.params["loss.name"] == "categorical"
     assert run.data.tags["overrides"].endswith("optimizer=sgd loss=categorical trainer.epochs=2")
     assert run.info.run_id in result.stdout
+    # The address printed opens the experiment's runs table in the UI's model-training view.
+    page = f"/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+    assert f"open http://127.0.0.1:5000{page}" in result.stdout
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # Quiet: no TensorFlow, absl, CUDA or MLflow start-up lines, only the epochs and a summary.
+    noise = ("cuda", "absl", "oneDNN", "I0000", "E0000", "INFO mlflow", "alembic")
+    assert not [line for line in result.stderr.splitlines() if any(n in line for n in noise)]
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert sorted(m.step for m in history) == [1, 2]
     # Artifacts sit beside the store, not in the working directory.

@@ -231,3 +231,16 @@ def test_the_table_keeps_only_differing_params_and_sorts_by_direction():
     header = text.splitlines()[1].split()
     assert header[:4] == ["rank", "run", "status", "optimizer.learning_rate"]
     assert "trainer.epochs" not in header and "tracking.uri" not in header
+
+
+def test_a_sweep_registers_its_best_jobs_model_unless_told_not_to(tmp_path):
+    result = sweep(tmp_path, "optimizer=adam,sgd", "tracking.log_model=true", "data.limit=300")
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, [parent], _ = runs_of(tmp_path)
+    best = client.get_model_version_by_alias("mnist-cnn", "best")
+    assert best.run_id == parent.data.tags["best_run_id"]
+    assert f"Best job {parent.data.tags['best_job']}: Registered as version 1" in result.stdout
+
+    again = sweep(tmp_path, "optimizer=sgd", "tracking.log_model=true", "tracking.register=false")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(client.search_model_versions("name = 'mnist-cnn'")) == 1

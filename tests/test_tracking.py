@@ -1,6 +1,12 @@
-"""The tracking module's pure helpers: run names, flattened params, where the store lives."""
+"""The tracking module's helpers: run names, flattened params, where the store lives, and the
+command that creates a store before MLflow's UI or scoring server opens it."""
 
 from __future__ import annotations
+
+import contextlib
+import sqlite3
+import subprocess
+import sys
 
 from mlflow.tracking import MlflowClient
 
@@ -58,3 +64,27 @@ def test_passwords_in_uris_are_masked_everywhere_they_are_shown():
     record = logging.LogRecord("hydra", logging.INFO, "", 0, "#0 : %s", ("x=http://a:pw@h",), None)
     MaskingFilter().filter(record)
     assert record.getMessage() == "#0 : x=http://a:***@h"
+
+
+def test_the_store_command_creates_a_store_and_prints_its_runs_address(tmp_path):
+    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    command = [sys.executable, "-m", "src.tracking", "--tracking-uri", store, "--ui", "http://h:9"]
+    made = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    experiment = MlflowClient(store).get_experiment_by_name("mnist-cnn")
+    assert made.stdout.strip() == (
+        f"The runs of 'mnist-cnn': http://h:9/#/experiments/{experiment.experiment_id}"
+        "/runs?workflowType=machine_learning"
+    )
+    assert made.stderr == ""  # No migration lines.
+
+    # A migration interrupted by a second client leaves its temporary tables behind.
+    with contextlib.closing(sqlite3.connect(tmp_path / "store" / "mlflow.db")) as db:
+        db.execute("create table _alembic_tmp_tags (key text)")
+        db.execute("update alembic_version set version_num = '0a8213491aaa'")
+        db.commit()
+    broken = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert broken.returncode == 1
+    [line] = broken.stderr.strip().splitlines()
+    assert line.startswith(f"error: tracking.uri={store}: MLflow's migration of this database")
+    assert line.endswith(".broken) and run again")

@@ -70,6 +70,7 @@ def test_train_records_params_metrics_artifacts_and_model(tiny_config, store_uri
         "plots/training_curves.png",
         "evaluation/confusion_matrix.png",
         "evaluation/confusion_matrix.csv",
+        "evaluation/misclassified.png",
     }
     matrix_path = client.download_artifacts(result.run_id, "evaluation/confusion_matrix.csv")
     matrix = np.loadtxt(matrix_path, delimiter=",", skiprows=1, dtype=np.int64)[:, 1:]
@@ -192,3 +193,34 @@ def test_records_the_store_refused_are_kept_and_sent_when_it_answers_again(
     assert len(run.inputs.dataset_inputs) == 1
     [sent] = tmp_path.glob("offline-*.sent")
     assert sent.name == f"offline-{result.run_id}.sent"
+
+
+def test_runs_register_their_model_and_best_follows_the_best_version(
+    tiny_config, store_uri, capsys
+):
+    first = train(tiny_config("tracking.register=true", "data.limit=300"))
+    better = train(tiny_config("tracking.register=true", "trainer.epochs=2"))
+    worse = train(tiny_config("tracking.register=true", "data.limit=300", "optimizer=sgd"))
+    assert first.metrics["val_accuracy"] < better.metrics["val_accuracy"]
+    assert worse.metrics["val_accuracy"] < better.metrics["val_accuracy"]
+
+    client = MlflowClient(store_uri)
+    versions = client.search_model_versions("name = 'mnist-cnn'")
+    assert sorted(int(version.version) for version in versions) == [1, 2, 3]
+    best = client.get_model_version_by_alias("mnist-cnn", "best")
+    assert int(best.version) == 2 and best.run_id == better.run_id
+    assert float(best.tags["val_accuracy"]) == pytest.approx(better.metrics["val_accuracy"])
+    assert "models:/mnist-cnn@best stays version 2" in capsys.readouterr().out.splitlines()[-1]
+    assert train(tiny_config("data.limit=300")).run_id is not None  # register=null: not a sweep
+    assert len(client.search_model_versions("name = 'mnist-cnn'")) == 3
+
+
+def test_system_metrics_are_sampled_unless_turned_off(tiny_config, store_uri, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    sampled = train(tiny_config("tracking.log_model=false"))
+    quiet = train(tiny_config("tracking.log_model=false", "tracking.system_metrics=false"))
+    client = MlflowClient(store_uri)
+    cpu = client.get_metric_history(sampled.run_id, "system/cpu_utilization_percentage")
+    assert len(cpu) >= 2 and all(0 <= item.value <= 100 * 64 for item in cpu)
+    assert "system/system_memory_usage_megabytes" in client.get_run(sampled.run_id).data.metrics
+    assert not any(name.startswith("system/") for name in client.get_run(quiet.run_id).data.metrics)
