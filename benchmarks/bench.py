@@ -149,10 +149,13 @@ class Bench:
 
 
 def alternate(repeats: int, sides: dict[str, Callable[[], Sample]]) -> list[Side]:
-    """Run the sides in turn, ``repeats`` rounds: A B A B ..."""
+    """Run the sides in turn, ``repeats`` rounds, each round starting one side later (A B C,
+    B C A, C A B, ...), so that no side always runs in the same place of a round."""
     results = [Side(name) for name in sides]
+    runs = list(zip(results, sides.values(), strict=True))
     for round_number in range(1, repeats + 1):
-        for side, run in zip(results, sides.values(), strict=True):
+        shift = (round_number - 1) % len(runs)
+        for side, run in runs[shift:] + runs[:shift]:
             sample = run()
             side.samples.append(sample)
             print(

@@ -102,24 +102,34 @@ def _creating(database: Path) -> Iterator[None]:
     yield
 
 
-def prepare_store(uri: str | None, experiment: str) -> tuple[str, str]:
-    """Create the store and the experiment if they do not exist yet, and close the runs of
-    processes on this machine that died without closing them. Returns the tracking URI and
-    the experiment id; a store that cannot be used raises TrackingError."""
+def open_store(uri: str | None) -> MlflowClient:
+    """A client of the store, which is created first if it does not exist yet, one process at
+    a time (see ``_creating``). A store that cannot be used raises TrackingError."""
     tracking_uri = resolve_uri(uri)
     database = _sqlite_path(tracking_uri)
     try:
-        if database is not None:
-            database.parent.mkdir(parents=True, exist_ok=True)
-            if not os.access(database.parent, os.W_OK | os.X_OK):
-                raise PermissionError("permission denied")
-        with _creating(database) if database is not None else contextlib.nullcontext():
-            client = MlflowClient(tracking_uri)
-            experiment_id = _experiment_id(client, experiment, database)
-        _close_runs_of_dead_processes(client)
+        if database is None:
+            return MlflowClient(tracking_uri)
+        database.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(database.parent, os.W_OK | os.X_OK):
+            raise PermissionError("permission denied")
+        with _creating(database):
+            return MlflowClient(tracking_uri)  # Creates the database's tables if it has none.
     except UNREACHABLE as error:
         raise _store_error(tracking_uri, error) from error
-    return tracking_uri, experiment_id
+
+
+def prepare_store(uri: str | None, experiment: str) -> tuple[str, str]:
+    """Open the store and create the experiment if they do not exist yet, and close the runs
+    of processes on this machine that died without closing them. Returns the tracking URI and
+    the experiment id; a store that cannot be used raises TrackingError."""
+    client = open_store(uri)
+    try:
+        experiment_id = _experiment_id(client, experiment, _sqlite_path(client.tracking_uri))
+        _close_runs_of_dead_processes(client)
+    except UNREACHABLE as error:
+        raise _store_error(client.tracking_uri, error) from error
+    return client.tracking_uri, experiment_id
 
 
 def _store_error(uri: str, error: BaseException) -> TrackingError:
@@ -267,7 +277,7 @@ def start_run(
     try:
         yield run
     except BaseException as error:
-        run.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED", error)
+        run.close(_status_of(error), error)
         raise
     run.close("FINISHED")
 
@@ -386,6 +396,7 @@ class MlflowRun:
 
 
 def _status_of(error: BaseException) -> str:
+    """KILLED for Ctrl-C and SIGTERM (see src.signals), FAILED for any other error."""
     return "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
 
 
@@ -540,7 +551,7 @@ def find_runs(uri: str, experiment: str, filter_string: str, max_results: int = 
     pandas frame (empty if the experiment does not exist)."""
     import pandas as pd
 
-    found = MlflowClient(uri).get_experiment_by_name(experiment)
+    found = open_store(uri).get_experiment_by_name(experiment)
     if found is None:
         return pd.DataFrame()
     mlflow.set_tracking_uri(uri)

@@ -86,12 +86,7 @@ def train(
     result = TrainResult(run_id=run.run_id, model_uri=run.model_uri, metrics=metrics)
     _print_summary(cfg, result)
     if cfg.tracking.register and result.model_uri:
-        from src import compare, tracking
-
-        metric, uri = cfg.optimized_metric, tracking.resolve_uri(cfg.tracking.uri)
-        lower = compare.lower_is_better(metric)
-        name = cfg.tracking.experiment
-        print(tracking.register_model(uri, result.model_uri, name, metric, metrics[metric], lower))
+        _register(cfg, result.model_uri, metrics[cfg.optimized_metric])
     return result
 
 
@@ -228,6 +223,15 @@ def _reuse_finished_job(
     run_id = done.info.run_id
     print(f"Job {sweep.job_number}: reusing finished run {run_id} (sweep.rerun=true trains again)")
     return TrainResult(run_id, done.data.tags.get("model_uri"), done.data.metrics, reused=True)
+
+
+def _register(cfg: DictConfig, model_uri: str, value: float) -> None:
+    """Register the run's model (tracking.register=true) as the experiment's next version."""
+    from src import compare, tracking
+
+    metric, uri = cfg.optimized_metric, tracking.resolve_uri(cfg.tracking.uri)
+    lower = compare.lower_is_better(metric)
+    print(tracking.register_model(uri, model_uri, cfg.tracking.experiment, metric, value, lower))
 
 
 def _output_dir() -> Path:
