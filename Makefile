@@ -70,9 +70,9 @@ ui: install ## Serve the project's MLflow store at http://$(HOST):$(PORT), openi
 		--default-artifact-root $(abspath $(STORE))/artifacts --host $(HOST) --port $(PORT)
 
 MODEL ?= models:/mnist-cnn@best
-SERVE_PORT = $(if $(filter command line,$(origin PORT)),$(PORT),5001)
+SERVE_PORT = $(if $(filter command line environment,$(origin PORT)),$(PORT),5001)
 serve: install ## Serve MODEL (default: the registered best) for predictions on 127.0.0.1:PORT (5001)
-	$(BIN)/python -m src.tracking --tracking-uri $(STORE_URI) >/dev/null
+	$(BIN)/python -m src.tracking --tracking-uri $(STORE_URI) --model $(MODEL) >/dev/null
 	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_TRACKING_URI=$(STORE_URI) $(BIN)/mlflow models serve \
 		--model-uri $(MODEL) --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
 

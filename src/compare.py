@@ -32,7 +32,7 @@ _IGNORED_PARAMS = ("tracking.", "data.dir", "data.cache_dir", "trainer.verbose",
 def table(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per run (``mlflow.search_runs``'s frame), best first by ``metric`` (runs without
     it last), with the params whose values differ between the runs and the final metrics."""
-    params = runs.filter(like="params.").rename(columns=lambda name: name[len("params.") :])
+    params = runs.filter(regex=r"^params\.").rename(columns=lambda name: name[len("params.") :])
     differing = [
         name
         for name in sorted(params.columns)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -77,7 +78,7 @@ def load_mnist(
     """Read MNIST from ``data_dir`` if given, else from ``cache_dir/mnist.npz``, which Keras
     downloads there from ``url`` first, checked against ``sha256``, if it is not there yet."""
     if data_dir is None:
-        return _read_npz(_download(url, Path(cache_dir).expanduser(), sha256))
+        return _read_npz(_download(url, Path(cache_dir).expanduser(), sha256), sha256.lower())
     folder = Path(data_dir).expanduser()
     if not folder.is_dir():
         raise DataError(
@@ -136,29 +137,36 @@ def _expected_checksums(folder: Path, npz_sha256: str) -> dict[str, str]:
 
 
 def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
     with open(path, "rb") as stream:
-        return hashlib.file_digest(stream, "sha256").hexdigest()
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _download(url: str, cache_dir: Path, sha256: str) -> Path:
-    """The cached mnist.npz, fetched by Keras (checksum-verified) if it is missing or wrong.
-    A download that fails or does not match the checksum leaves nothing in the cache."""
+    """The cached mnist.npz if its checksum is right, else fetched by Keras (checksum-verified)
+    into a private folder and moved into the cache whole: concurrent jobs never read a partial
+    file, and a download that fails or does not match leaves nothing in the cache."""
     import keras
 
     target = cache_dir / NPZ_NAME
+    if target.exists() and _sha256(target) == sha256.lower():
+        return target
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)  # Keras would fall back to /tmp otherwise.
-        fetched = keras.utils.get_file(
-            NPZ_NAME, url, file_hash=sha256, cache_dir=cache_dir, cache_subdir=""
-        )
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".download-", dir=cache_dir) as partial:
+            fetched = keras.utils.get_file(
+                NPZ_NAME, url, file_hash=sha256, cache_dir=partial, cache_subdir=""
+            )
+            os.replace(fetched, target)
     except Exception as error:
-        target.unlink(missing_ok=True)
         reason = str(error).splitlines()[0]
         raise DataError(
             f"could not download MNIST from {url} ({reason}); without internet, put {_ALL_FILES} "
             f"in a folder and pass data.dir=FOLDER, or copy {NPZ_NAME} to {target}"
         ) from error
-    return Path(fetched)
+    return target
 
 
 def _read_idx(path: Path) -> np.ndarray:

@@ -119,7 +119,7 @@ class SweepTracker(Callback):
         from src import tracking
 
         parent = self._parent_run_id
-        results = _read_job_results(Path(config.hydra.sweep.dir))
+        results = _read_job_results(Path(config.hydra.sweep.dir), parent)
         experiment, register = config.tracking.experiment, config.tracking.register is not False
         text = summarize(self._uri, experiment, parent, config.optimized_metric, results, register)
         self._parent_run_id = None  # Closed by summarize; until then _close_if_still_open may.
@@ -177,9 +177,10 @@ def summarize(
     text = "No job recorded a run."
     if not runs.empty:
         rows = compare.table(runs, metric)
-        best = rows.iloc[0]
         text = compare.to_text(rows, metric)
-        if best.notna()["sort_value"]:
+        finished = rows[rows["status"] == "FINISHED"]  # Not a run an interruption cut short.
+        best = finished.iloc[0] if len(finished) else None
+        if best is not None and best.notna()["sort_value"]:
             tags.update(best_run_id=best.run_id, best_run_name=best.run, best_job=best.sweep_job)
             metrics[f"best_{metric}"] = value = float(best.sort_value)
             model_uri = runs.set_index("run_id").get("tags.model_uri", {}).get(best.run_id)
@@ -189,6 +190,8 @@ def summarize(
                     uri, model_uri, experiment, metric, value, lower
                 )
                 text += f"\n\nBest job {best.sweep_job}: {registered}"
+            elif register:
+                text += f"\n\nBest job {best.sweep_job} logged no model: nothing was registered."
         compare.log_to_sweep(uri, parent, rows, metric, compare.plot_curves(uri, rows, metric))
     tracking.log_to_run(uri, parent, metrics, tags)
     tracking.end_run(uri, parent, "FAILED" if failed else "FINISHED")
@@ -222,6 +225,8 @@ def _sweep_fingerprint(config: DictConfig, overrides: Sequence[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _read_job_results(sweep_dir: Path) -> list[dict[str, Any]]:
+def _read_job_results(sweep_dir: Path, parent: str) -> list[dict[str, Any]]:
+    """This sweep's job results (the folder may hold an earlier sweep's too)."""
     found = [json.loads(path.read_text()) for path in sweep_dir.glob(f"**/{RESULT_FILE}")]
-    return sorted(found, key=lambda result: result["job_number"])
+    ours = [result for result in found if result.get("sweep_id") == parent]
+    return sorted(ours, key=lambda result: result["job_number"])

@@ -158,9 +158,10 @@ def _half_migrated(database: Path) -> bool:
     """Whether an interrupted migration left its temporary tables in the database."""
     query = "select 1 from sqlite_master where name like '\\_alembic\\_tmp\\_%' escape '\\'"
     try:
-        with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
+        location = f"{database.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(location, uri=True)) as db:
             return db.execute(query).fetchone() is not None
-    except sqlite3.Error:
+    except (sqlite3.Error, ValueError):
         return False
 
 
@@ -207,7 +208,9 @@ def ui_hint(uri: str, experiment: str) -> str:
     """How to look at this experiment's runs, and for a local store what serves them."""
     if uri.startswith(("http://", "https://")):
         return f"open {ui_address(uri, experiment)}"
-    serve = "make ui" if uri == resolve_uri(None) else f"mlflow ui --backend-store-uri {uri}"
+    serve = (
+        "make ui" if uri == resolve_uri(None) else f"mlflow ui --backend-store-uri {mask_uri(uri)}"
+    )
     return f"run `{serve}` and open {ui_address(uri, experiment)}"
 
 
@@ -600,18 +603,29 @@ def end_run(uri: str, run_id: str, status: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``python -m src.tracking``: create the store if it does not exist yet, through the
     project's lock (``make ui`` and ``make serve`` do, before MLflow opens it), and print the
-    address of the experiment's runs."""
+    address of the experiment's runs; with ``--model``, check that the model exists."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m src.tracking", description=main.__doc__)
     parser.add_argument("--tracking-uri", help="default: the project's store in mlruns/")
     parser.add_argument("--experiment", default="mnist-cnn", help="default: %(default)s")
     parser.add_argument("--ui", default="http://127.0.0.1:5000", help="where the UI listens")
+    parser.add_argument("--model", help="a model URI that must exist, e.g. models:/mnist-cnn@best")
     args = parser.parse_args(argv)
     try:
         uri, _ = prepare_store(args.tracking_uri, args.experiment)
+        mlflow.set_tracking_uri(uri)
+        if args.model:
+            mlflow.models.get_model_info(args.model)
     except TrackingError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except MlflowException as error:
+        print(
+            f"error: MODEL={args.model} is not in {mask_uri(uri)} ({reason_of(error)}); a sweep "
+            "registers its best model, a run with tracking.register=true its own",
+            file=sys.stderr,
+        )
         return 1
     print(f"The runs of '{args.experiment}': {ui_address(uri, args.experiment, args.ui)}")
     return 0

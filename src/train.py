@@ -85,7 +85,7 @@ def train(
     metrics.update({name: values[-1] for name, values in history.items()})
     result = TrainResult(run_id=run.run_id, model_uri=run.model_uri, metrics=metrics)
     _print_summary(cfg, result)
-    if cfg.tracking.register and result.model_uri:
+    if cfg.tracking.register and result.model_uri and sweep is None:  # A sweep registers its best.
         _register(cfg, result.model_uri, metrics[cfg.optimized_metric])
     return result
 
@@ -271,7 +271,9 @@ def main(cfg: DictConfig) -> float:
     started = time.perf_counter()
     overrides = mask_overrides(list(HydraConfig.get().overrides.task))
     sweep = current_sweep()
-    outcome: dict[str, Any] = {"job_number": sweep and sweep.job_number, "overrides": overrides}
+    outcome: dict[str, Any] = {"overrides": overrides}
+    if sweep is not None:
+        outcome.update(sweep_id=sweep.parent_run_id, job_number=sweep.job_number)
     try:
         result = train(cfg, overrides, sweep)
     except KeyboardInterrupt as error:

@@ -67,13 +67,15 @@ def ui(store: tuple[Path, str]) -> Iterator[str]:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Its own process group: the UI's workers stop with it.
         )
-    deadline = time.monotonic() + 120
-    while not answers(f"http://127.0.0.1:{port}/health"):
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.5)
-    yield LINK.findall(log.read_text())[0]
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
+    try:
+        deadline = time.monotonic() + 120
+        while not answers(f"http://127.0.0.1:{port}/health"):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        yield LINK.findall(log.read_text())[0]
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
 
 
 @pytest.fixture

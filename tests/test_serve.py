@@ -44,9 +44,10 @@ def test_make_serve_predicts_test_digits_with_the_best_model(tmp_path):
     assert "now models:/mnist-cnn@best" in trained.stdout
 
     port, log = free_port(), tmp_path / "serve.log"
-    # Started as a user would: make, with no virtualenv activated.
+    # Started as a user would: make, with no virtualenv activated (its bin/ not on PATH).
     env = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
-    env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != venv_bin)
     with log.open("w") as output:
         server = subprocess.Popen(
             ["make", "-s", "serve", f"STORE={store}", f"PORT={port}"],

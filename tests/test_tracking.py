@@ -77,6 +77,12 @@ def test_the_store_command_creates_a_store_and_prints_its_runs_address(tmp_path)
         "/runs?workflowType=machine_learning"
     )
     assert made.stderr == ""  # No migration lines.
+    unregistered = subprocess.run(
+        [*command, "--model", "models:/mnist-cnn@best"], capture_output=True, text=True, timeout=120
+    )
+    assert unregistered.returncode == 1
+    [line] = unregistered.stderr.strip().splitlines()
+    assert line.startswith(f"error: MODEL=models:/mnist-cnn@best is not in {store} (")
 
     # A migration interrupted by a second client leaves its temporary tables behind.
     with contextlib.closing(sqlite3.connect(tmp_path / "store" / "mlflow.db")) as db:
