@@ -614,8 +614,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         uri, _ = prepare_store(args.tracking_uri, args.experiment)
-        mlflow.set_tracking_uri(uri)
         if args.model:
+            mlflow.set_tracking_uri(uri)
             mlflow.models.get_model_info(args.model)
     except TrackingError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -291,12 +291,13 @@ def main(cfg: DictConfig) -> float:
         message = f"{type(error).__name__}: {error}".splitlines()[0]
         print(f"error: job {sweep.job_number} failed: {message}", file=sys.stderr)
         outcome.update(status="failed", error=message)
-        (_output_dir() / RESULT_FILE).write_text(json.dumps(outcome, indent=1))
-        return math.nan
-    outcome.update(asdict(result), status="reused" if result.reused else "finished")
-    outcome["job_seconds"] = time.perf_counter() - started  # from the config to the run closed
+        metric = math.nan
+    else:
+        outcome.update(asdict(result), status="reused" if result.reused else "finished")
+        outcome["job_seconds"] = time.perf_counter() - started  # from the config to the end
+        metric = result.metrics.get(cfg.optimized_metric, math.nan)
     (_output_dir() / RESULT_FILE).write_text(json.dumps(outcome, indent=1))
-    return result.metrics.get(cfg.optimized_metric, math.nan)
+    return metric
 
 
 if __name__ == "__main__":
