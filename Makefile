@@ -10,9 +10,12 @@ ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 5000
 STORE ?= mlruns
+SERVER_DIR ?= .server
+AUTH ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-slow test-full test-browser bench lint format typecheck check ui serve clean
+.PHONY: help install train test test-slow test-full test-browser test-cluster bench lint format \
+	typecheck check ui serve server server-stop migrate slurm-up slurm-down clean
 
 help: ## List every target
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,6 +43,9 @@ test-browser: install ## Render MLflow's UI in headless Chromium (apt-installs c
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 	$(BIN)/python -m pytest -m browser
+
+test-cluster: install ## PostgreSQL, the team server and a one-node SLURM for real (as root; apt-installs SLURM)
+	$(BIN)/python -m pytest -m cluster
 
 test-full: install ## Train the default run on the full MNIST in DATA_DIR and require 98% test accuracy
 	@test -n "$(DATA_DIR)" || { echo "error: set DATA_DIR=folder with the full MNIST files" >&2; exit 2; }
@@ -75,6 +81,22 @@ serve: install ## Serve MODEL (default: the registered best) for predictions on 
 	$(BIN)/python -m src.tracking --tracking-uri $(STORE_URI) --model $(MODEL) >/dev/null
 	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_TRACKING_URI=$(STORE_URI) $(BIN)/mlflow models serve \
 		--model-uri $(MODEL) --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
+
+server: install ## Start the team tracking server: PostgreSQL and mlflow server in SERVER_DIR, on HOST:PORT (AUTH=1: basic auth)
+	SERVER_DIR=$(SERVER_DIR) HOST=$(HOST) PORT=$(PORT) AUTH=$(AUTH) MLFLOW=$(abspath $(BIN))/mlflow \
+		scripts/server.sh start
+
+server-stop: ## Stop the team tracking server; its runs stay in SERVER_DIR for the next start
+	SERVER_DIR=$(SERVER_DIR) scripts/server.sh stop
+
+migrate: install ## Copy the runs of the project's store (STORE) into the team server at HOST:PORT
+	$(BIN)/python -m src.migrate --from $(STORE_URI) --to http://$(HOST):$(PORT)
+
+slurm-up: ## Start a one-node SLURM cluster on this machine (as root; apt-installs munge and SLURM)
+	scripts/slurm.sh up
+
+slurm-down: ## Stop the one-node SLURM cluster
+	scripts/slurm.sh down
 
 clean: ## Remove caches and Hydra outputs (never the recorded runs in mlruns/)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache outputs multirun build *.egg-info

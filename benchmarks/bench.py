@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,7 @@ class Sample:
     fit_seconds: float | None = None
     samples_per_second: float | None = None
     test_accuracy: float | None = None
+    runs_per_second: float | None = None
 
 
 @dataclass
@@ -189,6 +191,7 @@ def comparison(
                 "median_test_accuracy": side.median("test_accuracy"),
                 "median_max_rss_mb": side.median("max_rss_mb"),
                 "median_cpu_seconds": side.median("cpu_seconds"),
+                "median_runs_per_second": side.median("runs_per_second"),
                 "runs": [vars(sample) for sample in side.samples],
             }
             for side in sides
@@ -328,10 +331,114 @@ def bench_sweep(bench: Bench, repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
+def bench_cluster(bench: Bench, repeats: int) -> list[dict[str, Any]]:
+    """9: 8 processes recording runs at once, team server vs SQLite store; 10: what a SLURM job
+    adds over a job of the basic launcher. Starts the team server and the one-node SLURM
+    (``make server``, ``make slurm-up``: root) and stops what it started."""
+    server_dir = Path(tempfile.mkdtemp(prefix="bench-server-"))
+    server_dir.chmod(0o755)  # PostgreSQL runs as the postgres user under root.
+    port = _free_port()
+    settings = [f"SERVER_DIR={server_dir}", f"PORT={port}"]
+    slurm_was_up = (
+        shutil.which("sinfo") and subprocess.run(["sinfo"], capture_output=True).returncode == 0
+    )
+    try:
+        for target in (["server", *settings], ["slurm-up"]):
+            subprocess.run(["make", "-s", *target], cwd=ROOT, check=True, capture_output=True)
+        return _bench_writers(bench, repeats, f"http://127.0.0.1:{port}") + _bench_slurm(
+            bench, repeats
+        )
+    finally:
+        subprocess.run(["make", "-s", "server-stop", *settings], cwd=ROOT, capture_output=True)
+        if not slurm_was_up:
+            subprocess.run(["make", "-s", "slurm-down"], cwd=ROOT, capture_output=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _bench_writers(bench: Bench, repeats: int, server: str) -> list[dict[str, Any]]:
+    print("8 writers at once, 4 runs of 25 epochs each (team server, SQLite):", flush=True)
+
+    def writers(uri: str) -> Sample:
+        _, rss, cpu, stdout = run_process(
+            [PYTHON, str(ROOT / "benchmarks" / "writers.py"), uri, "--writers", "8"], cwd=ROOT
+        )
+        figures = json.loads(stdout.splitlines()[-1])
+        if figures["lost"] or figures["failed_writers"]:
+            raise RuntimeError(f"writers lost records: {figures}")
+        return Sample(figures["seconds"], rss, cpu, runs_per_second=figures["runs_per_second"])
+
+    stores = (f"sqlite:///{bench.work / f'writers{n}' / 'mlflow.db'}" for n in range(10**6))
+    on_server, on_sqlite = alternate(
+        repeats,
+        {
+            "8 writers, team server": lambda: writers(server),
+            "8 writers, SQLite": lambda: writers(next(stores)),  # a new store each round
+        },
+    )
+    value = ratio(on_server.median("runs_per_second"), on_sqlite.median("runs_per_second"))
+    return [
+        comparison(
+            "9. 8 concurrent writers",
+            [on_server, on_sqlite],
+            "runs per second, team server / SQLite (25 epochs x 4 metrics per run)",
+            value,
+            "reported",
+            None,
+        )
+    ]
+
+
+def _bench_slurm(bench: Bench, repeats: int) -> list[dict[str, Any]]:
+    print("A 4-job sweep, one job at a time, SLURM vs the basic launcher:", flush=True)
+
+    def sweep(*launcher: str) -> Sample:
+        bench.counter += 1
+        wall, rss, cpu, _ = run_process(
+            [
+                PYTHON, "-m", "src.train", "-m", *launcher,
+                f"data.dir={bench.args.data_dir}", "data.limit=2000", "trainer.verbose=0",
+                f"tracking.uri={bench.store}", "tracking.log_model=false",
+                f"hydra.sweep.dir={bench.work / f'sweep{bench.counter}'}", "trainer.seed=range(4)",
+            ],
+            cwd=ROOT,
+        )  # fmt: skip
+        return Sample(wall, rss, cpu)
+
+    on_slurm, basic = alternate(
+        repeats,
+        {
+            "4-job sweep, SLURM": lambda: sweep(
+                "hydra/launcher=slurm", "hydra.launcher.array_parallelism=1"
+            ),
+            "4-job sweep, basic launcher": lambda: sweep(),
+        },
+    )
+    slurm_wall, basic_wall = on_slurm.median("wall_seconds"), basic.median("wall_seconds")
+    added = None if slurm_wall is None or basic_wall is None else (slurm_wall - basic_wall) / 4
+    return [
+        comparison(
+            "10. SLURM per job",
+            [on_slurm, basic],
+            "seconds a SLURM job adds over a basic-launcher job: (wall SLURM - wall basic) / 4",
+            added,
+            "reported",
+            None,
+        )
+    ]
+
+
 BENCHES = {
     "training": bench_training,
     "latency": bench_latency,
     "sweep": bench_sweep,
+    "cluster": bench_cluster,
 }
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
+import os
+import socket
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -42,6 +44,16 @@ class SweepContext:
     parent_run_id: str
     job_number: int
     resumed: bool  # True: reuse the runs this sweep finished before it was interrupted
+    launcher: str  # host:pid of the launching process
+
+    @property
+    def in_own_process(self) -> bool:
+        """True for a job run apart from the launcher (SLURM, submitit's or joblib's workers)."""
+        return self.launcher != _this_process()
+
+
+def _this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -109,6 +121,7 @@ class SweepTracker(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         handed = {"parent_run_id": self._parent_run_id, "resumed": resumed}
+        handed["launcher"] = _this_process()
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(handed))
         verb = "Resuming" if resumed else "Starting"
         print(f"{verb} sweep {self._parent_run_id} ({mask_uri(self._uri)})", file=sys.stderr)
@@ -126,10 +139,11 @@ class SweepTracker(Callback):
         counts = ", ".join(f"{n} {s}" for s, n in _counts(results).items())
         hint = tracking.ui_hint(self._uri, experiment)
         print(f"{text}\n\nSweep {parent}: {counts}.\nTo compare its runs, {hint}.")
-        failed = [result for result in results if result["status"] == "failed"]
+        failed = _unsuccessful(results)
         if failed:
             names = ", ".join(_describe(r, results) for r in failed)
-            print(f"error: {len(failed)} of {len(results)} jobs failed: {names}", file=sys.stderr)
+            how = " or ".join(sorted({result["status"] for result in failed}))  # failed, killed
+            print(f"error: {len(failed)} of {len(results)} jobs {how}: {names}", file=sys.stderr)
             sys.exit(1)
 
     def _close_if_still_open(self) -> None:
@@ -149,11 +163,15 @@ class SweepTracker(Callback):
 
 
 def _counts(results: list[dict[str, Any]]) -> dict[str, int]:
-    """How many jobs finished, were reused from an interrupted sweep, and failed."""
+    """How many jobs finished, were reused from an interrupted sweep, failed, were killed."""
     return {status: sum(r["status"] == status for r in results) for status in _STATUSES}
 
 
-_STATUSES = ("finished", "reused", "failed")
+_STATUSES = ("finished", "reused", "failed", "killed")
+
+
+def _unsuccessful(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [result for result in results if result["status"] in ("failed", "killed")]
 
 
 def summarize(
@@ -168,7 +186,7 @@ def summarize(
     (``register``), and close the parent; returns the comparison as text."""
     from src import compare, tracking
 
-    failed = [result for result in results if result["status"] == "failed"]
+    failed = _unsuccessful(results)
     runs = tracking.find_runs(uri, experiment, f"tags.`{tracking.PARENT_TAG}` = '{parent}'")
     listing = "; ".join(f"{_describe(r, results)}: {r['error']}" for r in failed)[:5000]
     tags = {"jobs_failed_list": listing or "(none)"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -121,6 +122,8 @@ def _open_run(
     if sweep is not None:
         tags[tracking.PARENT_TAG] = tags["sweep_id"] = sweep.parent_run_id
         tags["sweep_job"] = str(sweep.job_number)
+    if job := _slurm_job_id():
+        tags["slurm_job_id"] = job
     if commit := records.git_commit():
         tags["git_commit"] = tags["mlflow.source.git.commit"] = commit
     name = cfg.tracking.run_name or records.run_name_from_overrides(overrides)
@@ -234,6 +237,15 @@ def _register(cfg: DictConfig, model_uri: str, value: float) -> None:
     print(tracking.register_model(uri, model_uri, cfg.tracking.experiment, metric, value, lower))
 
 
+def _slurm_job_id() -> str | None:
+    """The SLURM job this process runs in, as squeue shows it and scancel takes it: an array
+    job's task as ``<array job id>_<task id>`` (its plain job id may be the whole array's)."""
+    env = os.environ
+    if "SLURM_ARRAY_TASK_ID" in env:
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID")
+
+
 def _output_dir() -> Path:
     """The job's own folder: Hydra's output folder, or the working directory outside Hydra."""
     if HydraConfig.initialized():
@@ -279,7 +291,12 @@ def main(cfg: DictConfig) -> float:
     except KeyboardInterrupt as error:
         # The run is closed KILLED already; in a sweep the parent is closed at exit.
         print(f"\nInterrupted ({error}): the run is recorded as KILLED.", file=sys.stderr)
-        sys.exit(signals.exit_code(error))
+        if sweep is None or not sweep.in_own_process:
+            sys.exit(signals.exit_code(error))
+        # A job in a process of its own (a SLURM job that was cancelled or ran out of time):
+        # the sweep goes on without it, and names it in its summary.
+        outcome.update(status="killed", error=str(error))
+        metric = math.nan
     except Exception as error:
         if sweep is None:
             if isinstance(error, PipelineError):

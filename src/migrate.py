@@ -1,0 +1,195 @@
+"""``python -m src.migrate``: copy the runs of one tracking store into another, typically the
+project's SQLite store into the team server (``make migrate``).
+
+Every run arrives with its status and times, its params, its tags, every metric's whole
+history, its datasets, its artifacts, its logged models (MLflow 3 keeps them apart from the run's
+artifacts) and its parent; registered models follow with their versions and aliases. A copied
+run carries the tag ``migrated_from`` (its id in the source), so a second migration copies only
+what is new, and a copy an interruption cut short is made again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import LoggedModelOutput, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from src import tracking
+from src.errors import TrackingError
+from src.uris import mask_uri
+
+MARK = "migrated_from"
+_BATCH = 100  # MLflow takes at most 100 params or tags, and 1,000 metrics, per request.
+
+
+def migrate(source: MlflowClient, target: MlflowClient, experiments: Sequence[str]) -> str:
+    """Copy the named experiments (all when empty); returns what was copied, in one line."""
+    ids: dict[str, str] = {}  # run ids and model ids, source -> target
+    copied = kept = 0
+    for experiment in _pages(source.search_experiments):
+        if experiments and experiment.name not in experiments:
+            continue
+        target_id = _target_experiment(target, experiment)
+        done = _copied_runs(target, target_id)
+        ids.update(done)
+        runs = _pages(source.search_runs, experiment_ids=[experiment.experiment_id])
+        fresh = [run for run in runs if run.info.run_id not in done]
+        for run in fresh:
+            _copy_run(source, target, run, target_id, ids)
+        for run in fresh:  # Once every id is known: the tags that name a parent, a best run.
+            _close_copy(target, run, ids)
+        copied, kept = copied + len(fresh), kept + len(done)
+    models = _copy_registry(source, target, ids)
+    return f"{copied} runs copied, {kept} already there, {models} model versions registered"
+
+
+def _pages(search: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
+    token = None
+    while True:
+        page = search(**kwargs, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _target_experiment(target: MlflowClient, experiment: Any) -> str:
+    """The experiment's id in the target, made as the project makes one (a SQLite store keeps
+    its artifacts beside its database), with the source's tags."""
+    _, experiment_id = tracking.prepare_store(target.tracking_uri, experiment.name)
+    for key, value in experiment.tags.items():
+        target.set_experiment_tag(experiment_id, key, value)
+    return experiment_id
+
+
+def _copied_runs(target: MlflowClient, experiment_id: str) -> dict[str, str]:
+    """Source run id -> target run id of the runs copied whole before; half copies deleted."""
+    done = {}
+    for run in _pages(target.search_runs, experiment_ids=[experiment_id]):
+        source_id = run.data.tags.get(MARK)
+        if source_id is None:
+            continue
+        if run.data.tags.get(f"{MARK}.complete") == "true":
+            done[source_id] = run.info.run_id
+        else:
+            target.delete_run(run.info.run_id)
+    return done
+
+
+def _copy_run(
+    source: MlflowClient, target: MlflowClient, run: Run, experiment_id: str, ids: dict[str, str]
+) -> None:
+    old = run.info.run_id
+    new = target.create_run(experiment_id, run.info.start_time, {MARK: old}, run.info.run_name)
+    ids[old] = new_id = new.info.run_id
+    history = [m for key in run.data.metrics for m in source.get_metric_history(old, key)]
+    params = [Param(key, value) for key, value in run.data.params.items()]
+    for start in range(0, max(len(history), len(params)), _BATCH):
+        target.log_batch(new_id, history[start : start + _BATCH], params[start : start + _BATCH])
+    if run.inputs and run.inputs.dataset_inputs:
+        target.log_inputs(new_id, datasets=run.inputs.dataset_inputs)
+    with tempfile.TemporaryDirectory() as folder:
+        target.log_artifacts(new_id, source.download_artifacts(old, "", folder))
+    _copy_models(source, target, run, new_id, ids)
+
+
+def _close_copy(target: MlflowClient, run: Run, ids: dict[str, str]) -> None:
+    """The run's tags, with the target's ids, the mark of a whole copy, and its status."""
+    tags = {key: _with_new_ids(value, ids) for key, value in run.data.tags.items()}
+    tags[f"{MARK}.complete"] = "true"
+    entries = [RunTag(key, value) for key, value in tags.items()]
+    new_id = ids[run.info.run_id]
+    for start in range(0, len(entries), _BATCH):
+        target.log_batch(new_id, tags=entries[start : start + _BATCH])
+    target.set_terminated(new_id, run.info.status, run.info.end_time)
+
+
+def _copy_models(
+    source: MlflowClient, target: MlflowClient, run: Run, new_run_id: str, ids: dict[str, str]
+) -> None:
+    experiment_id = target.get_run(new_run_id).info.experiment_id
+    found = _pages(
+        source.search_logged_models,
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+    )
+    for model in found:
+        copy = target.create_logged_model(
+            experiment_id, model.name, new_run_id, model.tags, model.params, model.model_type
+        )
+        ids[model.model_id] = copy.model_id
+        with tempfile.TemporaryDirectory() as folder:
+            files = Path(
+                mlflow.artifacts.download_artifacts(model.artifact_location, dst_path=folder)
+            )
+            description = files / "MLmodel"
+            if description.exists():  # It names its run and model; name the copies.
+                description.write_text(_with_new_ids(description.read_text(), ids))
+            target.log_model_artifacts(copy.model_id, str(files))
+        target.finalize_logged_model(copy.model_id, model.status)
+        target.log_outputs(new_run_id, [LoggedModelOutput(copy.model_id, step=0)])
+
+
+def _with_new_ids(text: str, ids: dict[str, str]) -> str:
+    for old, new in ids.items():
+        text = text.replace(old, new)
+    return text
+
+
+def _copy_registry(source: MlflowClient, target: MlflowClient, ids: dict[str, str]) -> int:
+    """Register the models copied now again: their versions, then the aliases."""
+    mlflow.set_tracking_uri(target.tracking_uri)  # Where MLflow looks up a version's models:/.
+    count = 0
+    for registered in _pages(source.search_registered_models):
+        name, versions = registered.name, {}  # source version -> target version
+        for version in _pages(source.search_model_versions, filter_string=f"name = '{name}'"):
+            model = version.model_id or version.source.removeprefix("models:/")
+            if model not in ids or version.run_id not in ids:
+                continue  # Not copied now (copied before, or not in the chosen experiments).
+            if not target.search_registered_models(filter_string=f"name = '{name}'"):
+                target.create_registered_model(name, registered.tags)
+            model, run = ids[model], ids[version.run_id]
+            copy = target.create_model_version(
+                name, f"models:/{model}", run, version.tags, model_id=model
+            )
+            versions[str(version.version)] = str(copy.version)
+            count += 1
+        for alias, version in registered.aliases.items():
+            if str(version) in versions:
+                target.set_registered_model_alias(name, alias, versions[str(version)])
+    return count
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m src.migrate", description=__doc__)
+    parser.add_argument("--from", dest="source", help="default: the project's store in mlruns/")
+    parser.add_argument("--to", dest="target", default="http://127.0.0.1:5000")
+    parser.add_argument("--experiment", action="append", default=[], help="default: all")
+    args = parser.parse_args(argv)
+    try:
+        source, target = tracking.open_store(args.source), tracking.open_store(args.target)
+        summary = migrate(source, target, args.experiment)
+    except TrackingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except MlflowException as error:
+        reason = tracking.reason_of(error)
+        print(
+            f"error: the migration stopped ({reason}); run it again to copy the rest",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{mask_uri(source.tracking_uri)} -> {mask_uri(target.tracking_uri)}: {summary}.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
