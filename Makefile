@@ -12,6 +12,7 @@ PORT ?= 5000
 STORE ?= mlruns
 SERVER_DIR ?= .server
 AUTH ?= 0
+ALLOWED_HOSTS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test test-slow test-full test-browser test-cluster bench lint format \
@@ -26,7 +27,8 @@ install: $(VENV)/.installed ## Create the virtualenv and install the project wit
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# compat: the project's folder on sys.path, where Hydra's plugin scan finds hydra_plugins/
+	$(BIN)/python -m pip install --quiet -c constraints.txt --config-settings editable_mode=compat -e '.[dev]'
 	touch $@
 
 train: install ## Train with the defaults (add overrides with ARGS='optimizer=sgd ...')
@@ -57,12 +59,12 @@ bench: install ## Benchmarks side by side with the plain program (DATA_DIR, REFE
 	$(BIN)/python benchmarks/bench.py --data-dir $(DATA_DIR) --reference $(REFERENCE) $(BENCH_ARGS)
 
 lint: install ## Check style with ruff
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src hydra_plugins tests benchmarks
+	$(BIN)/ruff format --check src hydra_plugins tests benchmarks
 
 format: install ## Format and fix with ruff
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src hydra_plugins tests benchmarks
+	$(BIN)/ruff check --fix src hydra_plugins tests benchmarks
 
 typecheck: install ## Type-check the package with mypy
 	$(BIN)/mypy
@@ -83,8 +85,8 @@ serve: install ## Serve MODEL (default: the registered best) for predictions on 
 		--model-uri $(MODEL) --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
 
 server: install ## Start the team tracking server: PostgreSQL and mlflow server in SERVER_DIR, on HOST:PORT (AUTH=1: basic auth)
-	SERVER_DIR=$(SERVER_DIR) HOST=$(HOST) PORT=$(PORT) AUTH=$(AUTH) MLFLOW=$(abspath $(BIN))/mlflow \
-		scripts/server.sh start
+	SERVER_DIR=$(SERVER_DIR) HOST=$(HOST) PORT=$(PORT) AUTH=$(AUTH) ALLOWED_HOSTS=$(ALLOWED_HOSTS) \
+		MLFLOW=$(abspath $(BIN))/mlflow scripts/server.sh start
 
 server-stop: ## Stop the team tracking server; its runs stay in SERVER_DIR for the next start
 	SERVER_DIR=$(SERVER_DIR) scripts/server.sh stop

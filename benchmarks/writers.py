@@ -27,7 +27,7 @@ METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 def write(uri: str, experiment: str, writer: int, runs: int, epochs: int, start: object) -> None:
     from src import tracking
 
-    start.wait()  # type: ignore[attr-defined]  # Every writer has imported MLflow: go.
+    start.wait(timeout=300)  # type: ignore[attr-defined]  # Every writer has imported MLflow.
     with tempfile.TemporaryDirectory() as folder:
         for number in range(runs):
             name = f"writer {writer} run {number}"
@@ -77,7 +77,7 @@ def main() -> None:
     ]
     for process in processes:
         process.start()
-    start.wait()
+    start.wait(timeout=300)
     began = time.perf_counter()
     for process in processes:
         process.join()

@@ -5,7 +5,9 @@
 #   scripts/server.sh start    # also: make server [HOST=127.0.0.1] [PORT=5000] [AUTH=1]
 #   scripts/server.sh stop     # also: make server-stop; every run stays for the next start
 # AUTH=1 turns on MLflow's basic auth; the admin is MLFLOW_TRACKING_USERNAME with
-# MLFLOW_TRACKING_PASSWORD, the same variables MLflow's clients read.
+# MLFLOW_TRACKING_PASSWORD, the same variables MLflow's clients read (taken at the first start
+# with AUTH=1; later starts keep that admin). ALLOWED_HOSTS=mlflow.example.org,...: the names
+# clients reach it by, beyond localhost and private addresses (MLflow refuses others).
 set -euo pipefail
 
 SERVER_DIR=$(mkdir -p "${SERVER_DIR:-.server}" && cd "${SERVER_DIR:-.server}" && pwd)
@@ -13,6 +15,10 @@ HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-5000}
 MLFLOW=${MLFLOW:-mlflow}
 DATA=$SERVER_DIR/postgres      # the database cluster; its Unix socket lives there too, no TCP
+case "$DATA" in
+  *[!A-Za-z0-9/._-]*) echo "error: SERVER_DIR=$SERVER_DIR: use letters, digits, / . _ - only" >&2; exit 2 ;;
+esac
+[ ${#DATA} -le 90 ] || { echo "error: SERVER_DIR=$SERVER_DIR is too deep for PostgreSQL's socket (at most 80 characters)" >&2; exit 2; }
 PIDFILE=$SERVER_DIR/mlflow.pid
 LOG=$SERVER_DIR/mlflow.log
 
@@ -54,10 +60,12 @@ start() {
   fi
   as_owner "$bin/pg_ctl" -D "$DATA" status >/dev/null ||
     as_owner "$bin/pg_ctl" -D "$DATA" -l "$DATA/postgres.log" -w \
-      -o "-c listen_addresses='' -k '$DATA'" start >/dev/null
-  as_owner "$bin/psql" -h "$DATA" -U mlflow -d postgres -tAc \
-    "SELECT 1 FROM pg_database WHERE datname = 'mlflow'" | grep -q 1 ||
-    as_owner "$bin/createdb" -h "$DATA" -U mlflow mlflow
+      -o "-c listen_addresses='' -k $DATA" start >/dev/null
+  for database in mlflow optuna; do   # optuna: for studies shared by sweeps on this machine
+    as_owner "$bin/psql" -h "$DATA" -U mlflow -d postgres -tAc \
+      "SELECT 1 FROM pg_database WHERE datname = '$database'" | grep -q 1 ||
+      as_owner "$bin/createdb" -h "$DATA" -U mlflow "$database"
+  done
 
   local auth=()
   if [ "${AUTH:-0}" = 1 ]; then
@@ -67,12 +75,15 @@ start() {
     export MLFLOW_AUTH_ADMIN_USERNAME=$MLFLOW_TRACKING_USERNAME
     export MLFLOW_AUTH_ADMIN_PASSWORD=$MLFLOW_TRACKING_PASSWORD
     # The key that signs the UI's forms; kept, so that a restart does not void open pages.
-    [ -f "$SERVER_DIR/flask_secret" ] || (umask 077 && openssl rand -hex 32 >"$SERVER_DIR/flask_secret")
+    [ -s "$SERVER_DIR/flask_secret" ] ||
+      (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$SERVER_DIR/flask_secret")
     MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$SERVER_DIR/flask_secret")
     export MLFLOW_FLASK_SERVER_SECRET_KEY
     auth=(--app-name basic-auth)
   fi
-  setsid "$MLFLOW" server "${auth[@]}" \
+  local hosts=()   # Host headers it answers besides localhost and private addresses
+  [ -n "${ALLOWED_HOSTS:-}" ] && hosts=(--allowed-hosts "$ALLOWED_HOSTS")
+  setsid "$MLFLOW" server "${auth[@]}" "${hosts[@]}" \
     --backend-store-uri "postgresql+psycopg://mlflow@/mlflow?host=$DATA" \
     --artifacts-destination "$SERVER_DIR/artifacts" \
     --host "$HOST" --port "$PORT" >"$LOG" 2>&1 </dev/null &
@@ -82,6 +93,7 @@ start() {
       local use="tracking=server"
       [ "$HOST:$PORT" = 127.0.0.1:5000 ] || use="tracking=server tracking.uri=http://$HOST:$PORT"
       echo "Tracking server: http://$HOST:$PORT  (runs: python -m src.train $use)"
+      echo "Optuna studies on this machine: postgresql+psycopg://mlflow@/optuna?host=$DATA"
       return
     fi
     kill -0 "$(cat "$PIDFILE")" 2>/dev/null || break

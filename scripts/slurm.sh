@@ -73,6 +73,9 @@ up() {
 }
 
 down() {
+  [ "$(id -u)" = 0 ] || fail "the one-node cluster runs as root (sudo make slurm-down)"
+  grep -qF "$MARK" "$CONF" 2>/dev/null ||
+    fail "$CONF is not this project's: its SLURM is not ours to stop"
   pkill -x slurmd || true
   pkill -x slurmctld || true
   pkill -x munged || true

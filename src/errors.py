@@ -19,3 +19,13 @@ class DivergedError(PipelineError):
             "lower optimizer.learning_rate or add optimizer.clipnorm"
         )
         self.run_tags = {"diverged": "true", "diverged_epoch": str(epoch)}
+
+
+class TrialPruned(PipelineError):
+    """Optuna's pruner stopped this trial (see src.search): its run ends KILLED, tagged."""
+
+    run_status = "KILLED"
+
+    def __init__(self, trial: int, epoch: int) -> None:
+        super().__init__(f"trial {trial} pruned after epoch {epoch}: unpromising")
+        self.run_tags = {"optuna.pruned": f"after epoch {epoch}"}

@@ -33,22 +33,28 @@ _BATCH = 100  # MLflow takes at most 100 params or tags, and 1,000 metrics, per 
 def migrate(source: MlflowClient, target: MlflowClient, experiments: Sequence[str]) -> str:
     """Copy the named experiments (all when empty); returns what was copied, in one line."""
     ids: dict[str, str] = {}  # run ids and model ids, source -> target
-    copied = kept = 0
+    copied = kept = running = 0
     for experiment in _pages(source.search_experiments):
         if experiments and experiment.name not in experiments:
             continue
         target_id = _target_experiment(target, experiment)
-        done = _copied_runs(target, target_id)
+        done = _copied(target, target_id)
         ids.update(done)
-        runs = _pages(source.search_runs, experiment_ids=[experiment.experiment_id])
+        runs = list(_pages(source.search_runs, experiment_ids=[experiment.experiment_id]))
         fresh = [run for run in runs if run.info.run_id not in done]
-        for run in fresh:
+        ended = [run for run in fresh if run.info.status != "RUNNING"]  # the rest: next time
+        for run in ended:
             _copy_run(source, target, run, target_id, ids)
-        for run in fresh:  # Once every id is known: the tags that name a parent, a best run.
+        for run in ended:  # Once every id is known: the tags that name a parent, a best run.
             _close_copy(target, run, ids)
-        copied, kept = copied + len(fresh), kept + len(done)
+        copied, kept, running = (
+            copied + len(ended),
+            kept + len(runs) - len(fresh),
+            running + len(fresh) - len(ended),
+        )
     models = _copy_registry(source, target, ids)
-    return f"{copied} runs copied, {kept} already there, {models} model versions registered"
+    later = f", {running} still running (run it again once they end)" if running else ""
+    return f"{copied} runs copied, {kept} already there{later}, {models} model versions registered"
 
 
 def _pages(search: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
@@ -70,8 +76,9 @@ def _target_experiment(target: MlflowClient, experiment: Any) -> str:
     return experiment_id
 
 
-def _copied_runs(target: MlflowClient, experiment_id: str) -> dict[str, str]:
-    """Source run id -> target run id of the runs copied whole before; half copies deleted."""
+def _copied(target: MlflowClient, experiment_id: str) -> dict[str, str]:
+    """Source id -> target id of the runs copied whole before and of their models; a copy
+    an interruption cut short is deleted, to be made again."""
     done = {}
     for run in _pages(target.search_runs, experiment_ids=[experiment_id]):
         source_id = run.data.tags.get(MARK)
@@ -81,6 +88,9 @@ def _copied_runs(target: MlflowClient, experiment_id: str) -> dict[str, str]:
             done[source_id] = run.info.run_id
         else:
             target.delete_run(run.info.run_id)
+    for model in _pages(target.search_logged_models, experiment_ids=[experiment_id]):
+        if model.source_run_id in done.values() and MARK in model.tags:
+            done[model.tags[MARK]] = model.model_id
     return done
 
 
@@ -98,12 +108,13 @@ def _copy_run(
         target.log_inputs(new_id, datasets=run.inputs.dataset_inputs)
     with tempfile.TemporaryDirectory() as folder:
         target.log_artifacts(new_id, source.download_artifacts(old, "", folder))
-    _copy_models(source, target, run, new_id, ids)
+    _copy_models(source, target, run, experiment_id, new_id, ids)
 
 
 def _close_copy(target: MlflowClient, run: Run, ids: dict[str, str]) -> None:
     """The run's tags, with the target's ids, the mark of a whole copy, and its status."""
-    tags = {key: _with_new_ids(value, ids) for key, value in run.data.tags.items()}
+    copied = {key: value for key, value in run.data.tags.items() if not key.startswith(MARK)}
+    tags = {key: _with_new_ids(value, ids) for key, value in copied.items()}
     tags[f"{MARK}.complete"] = "true"
     entries = [RunTag(key, value) for key, value in tags.items()]
     new_id = ids[run.info.run_id]
@@ -113,22 +124,29 @@ def _close_copy(target: MlflowClient, run: Run, ids: dict[str, str]) -> None:
 
 
 def _copy_models(
-    source: MlflowClient, target: MlflowClient, run: Run, new_run_id: str, ids: dict[str, str]
+    source: MlflowClient,
+    target: MlflowClient,
+    run: Run,
+    experiment_id: str,
+    new_run_id: str,
+    ids: dict[str, str],
 ) -> None:
-    experiment_id = target.get_run(new_run_id).info.experiment_id
     found = _pages(
         source.search_logged_models,
         experiment_ids=[run.info.experiment_id],
         filter_string=f"source_run_id = '{run.info.run_id}'",
     )
     for model in found:
+        tags = {**model.tags, MARK: model.model_id}
         copy = target.create_logged_model(
-            experiment_id, model.name, new_run_id, model.tags, model.params, model.model_type
+            experiment_id, model.name, new_run_id, tags, model.params, model.model_type
         )
         ids[model.model_id] = copy.model_id
         with tempfile.TemporaryDirectory() as folder:
             files = Path(
-                mlflow.artifacts.download_artifacts(model.artifact_location, dst_path=folder)
+                mlflow.artifacts.download_artifacts(
+                    model.artifact_location, dst_path=folder, tracking_uri=source.tracking_uri
+                )
             )
             description = files / "MLmodel"
             if description.exists():  # It names its run and model; name the copies.
@@ -145,21 +163,25 @@ def _with_new_ids(text: str, ids: dict[str, str]) -> str:
 
 
 def _copy_registry(source: MlflowClient, target: MlflowClient, ids: dict[str, str]) -> int:
-    """Register the models copied now again: their versions, then the aliases."""
+    """Register again the versions whose model was copied (once), then set the aliases."""
     mlflow.set_tracking_uri(target.tracking_uri)  # Where MLflow looks up a version's models:/.
     count = 0
     for registered in _pages(source.search_registered_models):
-        name, versions = registered.name, {}  # source version -> target version
-        for version in _pages(source.search_model_versions, filter_string=f"name = '{name}'"):
+        name, where = registered.name, f"name = '{registered.name}'"
+        versions = {  # source version -> target version, of those registered before
+            copy.tags[MARK]: str(copy.version)
+            for copy in _pages(target.search_model_versions, filter_string=where)
+            if MARK in copy.tags
+        }
+        for version in _pages(source.search_model_versions, filter_string=where):
             model = version.model_id or version.source.removeprefix("models:/")
-            if model not in ids or version.run_id not in ids:
-                continue  # Not copied now (copied before, or not in the chosen experiments).
-            if not target.search_registered_models(filter_string=f"name = '{name}'"):
+            if str(version.version) in versions or model not in ids or version.run_id not in ids:
+                continue  # Registered before, or its run is not in the target.
+            if not target.search_registered_models(filter_string=where):
                 target.create_registered_model(name, registered.tags)
             model, run = ids[model], ids[version.run_id]
-            copy = target.create_model_version(
-                name, f"models:/{model}", run, version.tags, model_id=model
-            )
+            tags = {**version.tags, MARK: str(version.version)}
+            copy = target.create_model_version(name, f"models:/{model}", run, tags, model_id=model)
             versions[str(version.version)] = str(copy.version)
             count += 1
         for alias, version in registered.aliases.items():
@@ -174,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", dest="target", default="http://127.0.0.1:5000")
     parser.add_argument("--experiment", action="append", default=[], help="default: all")
     args = parser.parse_args(argv)
+    database = tracking.sqlite_path(tracking.resolve_uri(args.source))
+    if database is not None and not database.exists():
+        print(f"error: --from: there is no store at {database}", file=sys.stderr)
+        return 2
     try:
         source, target = tracking.open_store(args.source), tracking.open_store(args.target)
         summary = migrate(source, target, args.experiment)

@@ -118,6 +118,7 @@ class TrackingConfig:
 @dataclass
 class SweepConfig:
     rerun: bool = False
+    trial: int | None = None  # set by the Optuna sweeper: the job's trial in the study
 
 
 @dataclass

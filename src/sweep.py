@@ -163,11 +163,12 @@ class SweepTracker(Callback):
 
 
 def _counts(results: list[dict[str, Any]]) -> dict[str, int]:
-    """How many jobs finished, were reused from an interrupted sweep, failed, were killed."""
+    """How many jobs finished, were reused from an interrupted sweep, were pruned by Optuna,
+    failed, were killed."""
     return {status: sum(r["status"] == status for r in results) for status in _STATUSES}
 
 
-_STATUSES = ("finished", "reused", "failed", "killed")
+_STATUSES = ("finished", "reused", "pruned", "failed", "killed")
 
 
 def _unsuccessful(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

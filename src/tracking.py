@@ -1,6 +1,6 @@
 """Every MLflow call of the project: the store, the run of one job, a sweep's parent run, the
 queries behind the comparison, and the upload of a run recorded while its store was away.
-Nothing else imports mlflow."""
+Nothing else imports mlflow but src.migrate, which copies one store into another."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def resolve_uri(uri: str | None) -> str:
     return uri or f"sqlite:///{DEFAULT_STORE}"
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
@@ -111,7 +111,7 @@ def open_store(uri: str | None) -> MlflowClient:
     """A client of the store, which is created first if it does not exist yet, one process at
     a time (see ``_creating``). A store that cannot be used raises TrackingError."""
     tracking_uri = resolve_uri(uri)
-    database = _sqlite_path(tracking_uri)
+    database = sqlite_path(tracking_uri)
     try:
         if database is None:
             return MlflowClient(tracking_uri)
@@ -130,7 +130,7 @@ def prepare_store(uri: str | None, experiment: str) -> tuple[str, str]:
     the experiment id; a store that cannot be used raises TrackingError."""
     client = open_store(uri)
     try:
-        experiment_id = _experiment_id(client, experiment, _sqlite_path(client.tracking_uri))
+        experiment_id = _experiment_id(client, experiment, sqlite_path(client.tracking_uri))
         _close_runs_of_dead_processes(client)
     except UNREACHABLE as error:
         raise _store_error(client.tracking_uri, error) from error
@@ -140,7 +140,7 @@ def prepare_store(uri: str | None, experiment: str) -> tuple[str, str]:
 def _store_error(uri: str, error: BaseException) -> TrackingError:
     """The one line for a store that cannot be used: a SQLite folder that cannot be written,
     a SQLite database MLflow refuses, or a server that does not answer."""
-    database = _sqlite_path(uri)
+    database = sqlite_path(uri)
     if database is not None and isinstance(error, OSError):
         reason = error.strerror or error
         problem = f"{database.parent} cannot be written ({reason}); choose a folder you can write"
@@ -155,6 +155,11 @@ def _store_error(uri: str, error: BaseException) -> TrackingError:
         problem = (
             "the server refused the credentials (HTTP 401); set MLFLOW_TRACKING_USERNAME and "
             "MLFLOW_TRACKING_PASSWORD to a user of that server"
+        )
+    elif "Invalid Host header" in str(error):
+        problem = (
+            "the server refuses this address as a Host (HTTP 403); start it with "
+            "ALLOWED_HOSTS=<this host name> (make server) or --allowed-hosts"
         )
     elif "error code 403 " in str(error):
         problem = "this user may not write there (HTTP 403); ask the server's admin for access"
@@ -411,8 +416,9 @@ class MlflowRun:
 
 
 def _status_of(error: BaseException) -> str:
-    """KILLED for Ctrl-C and SIGTERM (see src.signals), FAILED for any other error."""
-    return "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+    """KILLED for Ctrl-C and SIGTERM (see src.signals) and a pruned trial, else FAILED."""
+    killed = isinstance(error, KeyboardInterrupt)
+    return str(getattr(error, "run_status", "KILLED" if killed else "FAILED"))
 
 
 def reason_of(error: BaseException) -> str:

@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from src import records, signals
-from src.errors import DivergedError, PipelineError
+from src.errors import DivergedError, PipelineError, TrialPruned
 from src.schema import ConfigError, LabelEncoding, register_configs, validate
 from src.sweep import RESULT_FILE, SweepContext, config_hash, current_sweep
 from src.uris import mask_overrides, mask_uri
@@ -122,6 +122,8 @@ def _open_run(
     if sweep is not None:
         tags[tracking.PARENT_TAG] = tags["sweep_id"] = sweep.parent_run_id
         tags["sweep_job"] = str(sweep.job_number)
+    if cfg.sweep.trial is not None:
+        tags["optuna.trial"] = str(cfg.sweep.trial)
     if job := _slurm_job_id():
         tags["slurm_job_id"] = job
     if commit := records.git_commit():
@@ -183,6 +185,13 @@ def _fit(
         on_epoch_begin=lambda epoch, logs: epoch_started.setdefault(epoch, time.perf_counter()),
         on_epoch_end=record_epoch,
     )
+    callbacks = [keras.callbacks.TerminateOnNaN(), epochs]
+    pruning = None
+    if cfg.sweep.trial is not None:  # An Optuna trial: the study's pruner may stop it.
+        from src import search
+
+        pruning = search.pruning_callback(cfg.sweep.trial, cfg.optimized_metric)
+        callbacks.append(pruning)
     fit_started = time.perf_counter()
     history = model.fit(
         splits.x_train,
@@ -191,11 +200,13 @@ def _fit(
         epochs=cfg.trainer.epochs,
         shuffle=cfg.trainer.shuffle,
         validation_data=(splits.x_val, splits.y_val) if len(splits.x_val) else None,
-        callbacks=[keras.callbacks.TerminateOnNaN(), epochs],
+        callbacks=callbacks,
         verbose=cfg.trainer.verbose,
     ).history
     if not math.isfinite(history["loss"][-1]):
         raise DivergedError(epoch=len(history["loss"]))
+    if pruning is not None:
+        pruning.raise_if_pruned()
     return history, time.perf_counter() - fit_started
 
 
@@ -296,6 +307,10 @@ def main(cfg: DictConfig) -> float:
         # A job in a process of its own (a SLURM job that was cancelled or ran out of time):
         # the sweep goes on without it, and names it in its summary.
         outcome.update(status="killed", error=str(error))
+        metric = math.nan
+    except TrialPruned as error:  # Its run is KILLED and tagged; the sweeper tells Optuna.
+        print(f"{error}.", file=sys.stderr)
+        outcome.update(status="pruned")
         metric = math.nan
     except Exception as error:
         if sweep is None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -252,7 +253,9 @@ def test_a_cancelled_slurm_job_ends_killed_and_the_sweep_goes_on(tmp_path, slurm
     assert finished.info.status == "FINISHED"
 
 
-def test_a_slurm_job_out_of_time_ends_failed_with_the_reason(tmp_path, slurm, server):
+def test_a_slurm_job_out_of_time_ends_with_the_reason_and_the_sweep_goes_on(
+    tmp_path, slurm, server
+):
     process = train(
         tmp_path,
         server,
@@ -270,6 +273,33 @@ def test_a_slurm_job_out_of_time_ends_failed_with_the_reason(tmp_path, slurm, se
     assert parent.info.status == "FAILED"
     assert job.info.status in ("FAILED", "KILLED")
     assert "timed-out" in job.data.tags["error"] or "SIGTERM" in job.data.tags["error"]
+
+
+def test_an_optuna_study_on_the_servers_postgresql_takes_trials_from_slurm_jobs(
+    tmp_path, slurm, server
+):
+    storage = f"postgresql+psycopg://mlflow@/optuna?host={server.folder / 'postgres'}"
+    process = train(
+        tmp_path,
+        server,
+        "optuna-on-slurm",
+        "hparams_search=optuna",
+        "hydra/launcher=slurm",
+        f"hydra.sweeper.storage='{storage}'",
+        "hydra.sweeper.study_name=on-slurm",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        "data.limit=400",
+        "tracking.log_model=false",
+    )
+    code, _, stderr = finish(process)
+    assert code == 0, stderr[-3000:]
+    study = optuna.load_study(study_name="on-slurm", storage=storage)
+    assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    _, [parent], jobs = runs_in(server, "optuna-on-slurm")
+    assert sorted(run.data.tags["optuna.trial"] for run in jobs) == ["0", "1"]
+    assert {run.data.tags["slurm_job_id"] for run in jobs}  # Both ran as SLURM jobs.
+    assert parent.data.tags["optuna.best_trial"] == str(study.best_trial.number)
 
 
 def test_the_runs_of_a_sqlite_store_move_into_the_team_server(tmp_path, server):

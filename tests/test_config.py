@@ -43,16 +43,21 @@ def test_every_option_composes_and_validates(override):
     validate(compose_config([override]))
 
 
-def test_the_fast_preset_changes_only_speed_settings():
+def test_the_fast_preset_is_one_epoch_of_the_same_cnn():
     cfg = compose_config(["experiment=fast"])
     validate(cfg)
-    assert (cfg.trainer.batch_size, cfg.trainer.steps_per_execution, cfg.trainer.epochs) == (
-        128,
+    assert (cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.steps_per_execution) == (
+        1,
+        96,
         8,
-        2,
     )
     assert cfg.schedule._target_ == "src.schedules.warmup_cosine"
-    assert cfg.model == compose_config().model  # The same CNN.
+    default = compose_config().model
+    assert (cfg.model._target_, cfg.model.name) == (default._target_, default.name)  # Same layers.
+    assert (cfg.model.conv_dropout, cfg.model.dense_dropout) != (
+        default.conv_dropout,
+        default.dense_dropout,
+    )
 
 
 def test_warmup_cosine_rises_to_the_peak_then_decays_to_zero():

@@ -11,7 +11,7 @@ from src.train import train
 
 
 def test_every_record_moves_and_a_second_migration_copies_only_what_is_new(
-    tiny_config, store_uri, tmp_path
+    tiny_config, store_uri, tmp_path, capsys
 ):
     cfg = tiny_config("trainer.epochs=2", "tracking.register=true")
     trained = train(cfg, overrides=["trainer.epochs=2"])
@@ -20,9 +20,14 @@ def test_every_record_moves_and_a_second_migration_copies_only_what_is_new(
     child = source.create_run(experiment_id, tags={"mlflow.parentRunId": trained.run_id})
     source.log_metric(child.info.run_id, "loss", 0.5, step=3)
     source.set_terminated(child.info.run_id, "FAILED")
+    source.create_run(experiment_id)  # Still running: left for a later migration.
     target_uri = f"sqlite:///{tmp_path / 'team' / 'mlflow.db'}"
 
     assert migrate.main(["--from", store_uri, "--to", target_uri]) == 0
+    assert capsys.readouterr().out.endswith(
+        ": 2 runs copied, 0 already there, 1 still running (run it again once they end), "
+        "1 model versions registered.\n"
+    )
 
     target = MlflowClient(target_uri)
     copies = {
@@ -53,8 +58,20 @@ def test_every_record_moves_and_a_second_migration_copies_only_what_is_new(
     assert np.asarray(probabilities).shape == (2, 10)
     assert target.get_model_version_by_alias("mnist-cnn", "best").run_id == copy.info.run_id
 
-    # A copy cut short (no completion mark) is made again; whole copies are kept.
+    # A copy cut short (no completion mark) is made again, and a registration that did not
+    # arrive is made; whole copies and their registrations are kept.
     target.set_tag(moved_child.info.run_id, f"{migrate.MARK}.complete", "false")
+    target.delete_registered_model("mnist-cnn")
     summary = migrate.migrate(source, target, [])
-    assert summary == "1 runs copied, 1 already there, 0 model versions registered"
+    assert summary == (
+        "1 runs copied, 1 already there, 1 still running (run it again once they end), "
+        "1 model versions registered"
+    )
     assert target.get_run(moved_child.info.run_id).info.lifecycle_stage == "deleted"
+    assert target.get_model_version_by_alias("mnist-cnn", "best").run_id == copy.info.run_id
+    again = migrate.migrate(source, target, [])
+    assert again.startswith("0 runs copied, 2 already there") and again.endswith(
+        ", 0 model versions registered"
+    )
+    assert migrate.main(["--from", f"sqlite:///{tmp_path / 'nowhere.db'}", "--to", target_uri]) == 2
+    assert "there is no store at" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """Sweeps run as real commands: a parent run with nested job runs, failures, resume, parallel
-workers writing into one SQLite store, Optuna, and the compare command."""
+workers writing into one SQLite store, and the compare command (Optuna: test_search.py)."""
 
 from __future__ import annotations
 
@@ -154,20 +154,6 @@ def test_parallel_workers_lose_no_run_metric_or_artifact(tmp_path):
     for run in jobs:
         paths = {item.path for item in client.list_artifacts(run.info.run_id, "evaluation")}
         assert "evaluation/confusion_matrix.csv" in paths
-
-
-@pytest.mark.slow
-def test_optuna_sweep_records_trials_as_children_and_the_best_on_the_parent(tmp_path):
-    result = sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=3")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Best value" in result.stdout + result.stderr
-    _, [parent], jobs = runs_of(tmp_path)
-    assert len(jobs) == 3
-    assert parent.data.tags["sweeper"] == "OptunaSweeper"
-    best = max(jobs, key=lambda run: run.data.metrics["val_accuracy"])
-    assert parent.data.tags["best_run_id"] == best.info.run_id
-    learning_rates = {run.data.params["optimizer.learning_rate"] for run in jobs}
-    assert len(learning_rates) == 3  # Each trial sampled its own settings.
 
 
 def test_compare_prints_the_best_first_and_logs_to_the_sweep(tmp_path):
