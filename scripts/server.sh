@@ -7,7 +7,7 @@
 # AUTH=1 turns on MLflow's basic auth; the admin is MLFLOW_TRACKING_USERNAME with
 # MLFLOW_TRACKING_PASSWORD, the same variables MLflow's clients read (taken at the first start
 # with AUTH=1; later starts keep that admin). ALLOWED_HOSTS=mlflow.example.org,...: the names
-# clients reach it by, beyond localhost and private addresses (MLflow refuses others).
+# clients reach it by, besides localhost (without it: localhost and private addresses).
 set -euo pipefail
 
 SERVER_DIR=$(mkdir -p "${SERVER_DIR:-.server}" && cd "${SERVER_DIR:-.server}" && pwd)
@@ -18,7 +18,7 @@ DATA=$SERVER_DIR/postgres      # the database cluster; its Unix socket lives the
 case "$DATA" in
   *[!A-Za-z0-9/._-]*) echo "error: SERVER_DIR=$SERVER_DIR: use letters, digits, / . _ - only" >&2; exit 2 ;;
 esac
-[ ${#DATA} -le 90 ] || { echo "error: SERVER_DIR=$SERVER_DIR is too deep for PostgreSQL's socket (at most 80 characters)" >&2; exit 2; }
+[ ${#SERVER_DIR} -le 80 ] || { echo "error: SERVER_DIR=$SERVER_DIR: at most 80 characters (PostgreSQL's socket lives there)" >&2; exit 2; }
 PIDFILE=$SERVER_DIR/mlflow.pid
 LOG=$SERVER_DIR/mlflow.log
 
@@ -81,8 +81,12 @@ start() {
     export MLFLOW_FLASK_SERVER_SECRET_KEY
     auth=(--app-name basic-auth)
   fi
-  local hosts=()   # Host headers it answers besides localhost and private addresses
-  [ -n "${ALLOWED_HOSTS:-}" ] && hosts=(--allowed-hosts "$ALLOWED_HOSTS")
+  local hosts=() list name   # MLflow answers only these Host headers (default: local, private)
+  if [ -n "${ALLOWED_HOSTS:-}" ]; then
+    list="localhost,localhost:*,127.0.0.1,127.0.0.1:*"
+    for name in ${ALLOWED_HOSTS//,/ }; do list="$list,$name,$name:*"; done
+    hosts=(--allowed-hosts "$list")
+  fi
   setsid "$MLFLOW" server "${auth[@]}" "${hosts[@]}" \
     --backend-store-uri "postgresql+psycopg://mlflow@/mlflow?host=$DATA" \
     --artifacts-destination "$SERVER_DIR/artifacts" \

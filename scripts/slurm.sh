@@ -59,6 +59,7 @@ up() {
   if ! pgrep -x munged >/dev/null; then
     install -d -o munge -g munge -m 0755 /run/munge
     runuser -u munge -- munged
+    touch /run/munge/started-by-slurm-up   # so that slurm-down stops only a munged of ours
   fi
   pgrep -x slurmctld >/dev/null || setsid slurmctld -D >>"$LOGS/slurmctld.out" 2>&1 </dev/null &
   pgrep -x slurmd >/dev/null || setsid slurmd -D >>"$LOGS/slurmd.out" 2>&1 </dev/null &
@@ -78,7 +79,10 @@ down() {
     fail "$CONF is not this project's: its SLURM is not ours to stop"
   pkill -x slurmd || true
   pkill -x slurmctld || true
-  pkill -x munged || true
+  if [ -f /run/munge/started-by-slurm-up ]; then
+    pkill -x munged || true
+    rm -f /run/munge/started-by-slurm-up
+  fi
   for _ in $(seq 60); do
     pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || break
     sleep 0.5

@@ -33,28 +33,38 @@ _BATCH = 100  # MLflow takes at most 100 params or tags, and 1,000 metrics, per 
 def migrate(source: MlflowClient, target: MlflowClient, experiments: Sequence[str]) -> str:
     """Copy the named experiments (all when empty); returns what was copied, in one line."""
     ids: dict[str, str] = {}  # run ids and model ids, source -> target
-    copied = kept = running = 0
+    copied = kept = later = 0
     for experiment in _pages(source.search_experiments):
         if experiments and experiment.name not in experiments:
             continue
         target_id = _target_experiment(target, experiment)
-        done = _copied(target, target_id)
-        ids.update(done)
+        copies = _copies(target, target_id)
+        ids.update(copies)
         runs = list(_pages(source.search_runs, experiment_ids=[experiment.experiment_id]))
-        fresh = [run for run in runs if run.info.run_id not in done]
-        ended = [run for run in fresh if run.info.status != "RUNNING"]  # the rest: next time
+        fresh = [run for run in runs if run.info.run_id not in copies]
+        running = {run.info.run_id for run in runs if run.info.status == "RUNNING"}
+        ended = [  # A running run and the jobs of a running sweep: the next migration's.
+            run
+            for run in fresh
+            if run.info.run_id not in running
+            and run.data.tags.get(tracking.PARENT_TAG) not in running
+        ]
         for run in ended:
             _copy_run(source, target, run, target_id, ids)
-        for run in ended:  # Once every id is known: the tags that name a parent, a best run.
+        # Once every id is known, the tags that name a parent or a best run; parents first, so
+        # that a job whose copy an interruption cuts short is remade under its parent's copy.
+        for run in sorted(ended, key=lambda run: tracking.PARENT_TAG in run.data.tags):
             _close_copy(target, run, ids)
-        copied, kept, running = (
+        copied, kept, later = (
             copied + len(ended),
             kept + len(runs) - len(fresh),
-            running + len(fresh) - len(ended),
+            later + len(fresh) - len(ended),
         )
     models = _copy_registry(source, target, ids)
-    later = f", {running} still running (run it again once they end)" if running else ""
-    return f"{copied} runs copied, {kept} already there{later}, {models} model versions registered"
+    waiting = f", {later} still running (run it again once they end)" if later else ""
+    return (
+        f"{copied} runs copied, {kept} already there{waiting}, {models} model versions registered"
+    )
 
 
 def _pages(search: Callable[..., Any], **kwargs: Any) -> Iterator[Any]:
@@ -76,22 +86,22 @@ def _target_experiment(target: MlflowClient, experiment: Any) -> str:
     return experiment_id
 
 
-def _copied(target: MlflowClient, experiment_id: str) -> dict[str, str]:
+def _copies(target: MlflowClient, experiment_id: str) -> dict[str, str]:
     """Source id -> target id of the runs copied whole before and of their models; a copy
     an interruption cut short is deleted, to be made again."""
-    done = {}
+    copies = {}
     for run in _pages(target.search_runs, experiment_ids=[experiment_id]):
         source_id = run.data.tags.get(MARK)
         if source_id is None:
             continue
         if run.data.tags.get(f"{MARK}.complete") == "true":
-            done[source_id] = run.info.run_id
+            copies[source_id] = run.info.run_id
         else:
             target.delete_run(run.info.run_id)
     for model in _pages(target.search_logged_models, experiment_ids=[experiment_id]):
-        if model.source_run_id in done.values() and MARK in model.tags:
-            done[model.tags[MARK]] = model.model_id
-    return done
+        if model.source_run_id in copies.values() and MARK in model.tags:
+            copies[model.tags[MARK]] = model.model_id
+    return copies
 
 
 def _copy_run(
@@ -168,25 +178,27 @@ def _copy_registry(source: MlflowClient, target: MlflowClient, ids: dict[str, st
     count = 0
     for registered in _pages(source.search_registered_models):
         name, where = registered.name, f"name = '{registered.name}'"
-        versions = {  # source version -> target version, of those registered before
+        done = {  # "<source run id>/<version>" (unique across stores) -> the target's version
             copy.tags[MARK]: str(copy.version)
             for copy in _pages(target.search_model_versions, filter_string=where)
             if MARK in copy.tags
         }
+        keys = {}  # the source's version -> its key
         for version in _pages(source.search_model_versions, filter_string=where):
             model = version.model_id or version.source.removeprefix("models:/")
-            if str(version.version) in versions or model not in ids or version.run_id not in ids:
+            keys[str(version.version)] = key = f"{version.run_id}/{version.version}"
+            if key in done or model not in ids or version.run_id not in ids:
                 continue  # Registered before, or its run is not in the target.
             if not target.search_registered_models(filter_string=where):
                 target.create_registered_model(name, registered.tags)
             model, run = ids[model], ids[version.run_id]
-            tags = {**version.tags, MARK: str(version.version)}
+            tags = {**version.tags, MARK: key}
             copy = target.create_model_version(name, f"models:/{model}", run, tags, model_id=model)
-            versions[str(version.version)] = str(copy.version)
+            done[key] = str(copy.version)
             count += 1
         for alias, version in registered.aliases.items():
-            if str(version) in versions:
-                target.set_registered_model_alias(name, alias, versions[str(version)])
+            if keys.get(str(version)) in done:
+                target.set_registered_model_alias(name, alias, done[keys[str(version)]])
     return count
 
 

@@ -33,9 +33,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from src.compare import lower_is_better
-from src.errors import TrialPruned
-from src.schema import ConfigError
-from src.sweep import SWEEP_FILE
+from src.errors import PipelineError, TrialPruned
+from src.schema import PROJECT_ROOT, ConfigError
+from src.sweep import SWEEP_FILE, exit_on_error
+from src.uris import mask_text, mask_uri
 
 if TYPE_CHECKING:
     import keras
@@ -51,7 +52,7 @@ class OptunaSweeper(Sweeper):
         self,
         direction: Literal["minimize", "maximize"] | None,
         study_name: str,
-        storage: str,
+        storage: str | None,
         n_trials: int,
         n_jobs: int,
         sampler: optuna.samplers.BaseSampler,
@@ -72,30 +73,38 @@ class OptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> None:
+        exit_on_error(lambda: self._sweep(arguments))
+
+    def _sweep(self, arguments: list[str]) -> None:
         import optuna
 
         space, fixed = search_space([f"{k}={v}" for k, v in self.params.items()] + arguments)
-        if self.storage.startswith("sqlite:///"):
-            Path(self.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         metric = self.sweep_config.optimized_metric
-        study = optuna.create_study(
-            storage=self.storage,
-            study_name=self.study_name,
-            sampler=self.sampler,
-            pruner=self.pruner,
-            direction=self.direction or ("minimize" if lower_is_better(metric) else "maximize"),
-            load_if_exists=True,
+        wanted: Literal["minimize", "maximize"] = self.direction or (
+            "minimize" if lower_is_better(metric) else "maximize"
         )
+        study = _open_study(self.storage, self.study_name, wanted, self.sampler, self.pruner)
+        if study.direction.name.lower() != wanted:  # An existing study keeps its direction.
+            raise ConfigError(
+                f"study '{self.study_name}' ({mask_uri(storage_url(self.storage))}) is set to "
+                f"{study.direction.name.lower()}, and {metric} wants {wanted}: "
+                "name another (hydra.sweeper.study_name=...)"
+            )
         for start in range(0, self.n_trials, self.n_jobs):
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - start))]
+            trials: list[optuna.Trial] = []
             try:
+                for _ in range(min(self.n_jobs, self.n_trials - start)):
+                    trials.append(study.ask(space))
                 self._run(study, trials, fixed, start)
             except BaseException:  # Ctrl-C, a launcher's error: no trial stays RUNNING.
                 for trial in trials:
                     with contextlib.suppress(Exception):  # Told already.
                         study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 raise
-        self._record(study)
+        try:
+            self._record(study)
+        except Exception as error:  # The sweep's own summary follows; this is an extra.
+            print(f"warning: Optuna's summary was not recorded ({error})", file=sys.stderr)
 
     def _run(
         self, study: optuna.Study, trials: list[optuna.Trial], fixed: list[str], first_job: int
@@ -122,7 +131,7 @@ class OptunaSweeper(Sweeper):
         from src import tracking
 
         parent = json.loads(sweep_file.read_text())["parent_run_id"]
-        tags = {"optuna.study": study.study_name, "optuna.trials": str(len(study.trials))}
+        tags = {"optuna.study": study.study_name, "optuna.study_trials": str(len(study.trials))}
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if done:
             best = study.best_trial
@@ -134,18 +143,52 @@ class OptunaSweeper(Sweeper):
         tracking.log_to_run(uri, parent, tags=tags, figures=_plots(study, len(done)))
 
 
+def storage_url(configured: str | None) -> str:
+    """The study's Optuna database: as configured, else ``optuna.db`` beside the project's
+    MLflow store (so that every sweep of a study adds to it, and a rerun resumes it)."""
+    return configured or f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'optuna.db'}"
+
+
+def _open_study(
+    storage: str | None,
+    name: str,
+    direction: Literal["minimize", "maximize"],
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+) -> optuna.Study:
+    """The named study in the storage, created if new (here or by a sweep at the same time)."""
+    import optuna
+
+    url = storage_url(storage)
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.create_study(
+            storage=url,
+            study_name=name,
+            direction=direction,
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,
+        )
+    except Exception as error:
+        reason = str(error).splitlines()[0][:300]
+        raise PipelineError(
+            f"hydra.sweeper.storage={mask_uri(url)}: Optuna cannot use it ({mask_text(reason)})"
+        ) from error
+
+
 def search_space(
     arguments: Sequence[str],
 ) -> tuple[dict[str, optuna.distributions.BaseDistribution], list[str]]:
     """Hydra's sweep overrides as Optuna distributions (``choice``, ``range`` of ints or
     floats, ``interval`` and ``tag(log, interval(...))`` of floats); the other overrides,
-    fixed for every trial."""
-    space, fixed = {}, []
+    fixed for every trial. A key given twice takes its last value (the command line's)."""
+    chosen: dict[str, Override] = {}
     for override in OverridesParser.create().parse_overrides(list(arguments)):
-        if override.is_sweep_override():
-            space[override.get_key_element()] = _distribution(override)
-        else:
-            fixed.append(override.input_line or "")
+        chosen[override.get_key_element()] = override
+    space = {k: _distribution(o) for k, o in chosen.items() if o.is_sweep_override()}
+    fixed = [o.input_line or "" for o in chosen.values() if not o.is_sweep_override()]
     return space, fixed
 
 
@@ -157,10 +200,11 @@ def _distribution(override: Override) -> optuna.distributions.BaseDistribution:
     if override.is_choice_sweep() or (isinstance(value, RangeSweep) and value.shuffle):
         return Choice(list(override.sweep_string_iterator()))
     if isinstance(value, RangeSweep):
-        start, stop, step = value.start, value.stop, value.step
-        if all(isinstance(x, int) for x in (start, stop, step)):
-            return IntDistribution(int(start), int(stop) - 1, step=int(step))  # type: ignore[arg-type]
-        return FloatDistribution(float(start), float(stop) - float(step), step=float(step))  # type: ignore[arg-type]
+        values = list(override.sweep_iterator())  # Hydra's own reading: stop excluded
+        step = value.step
+        if all(isinstance(x, int) for x in values) and isinstance(step, int):
+            return IntDistribution(values[0], values[-1], step=step)  # type: ignore[arg-type]
+        return FloatDistribution(float(values[0]), float(values[-1]), step=float(step))  # type: ignore[arg-type]
     assert isinstance(value, IntervalSweep)  # Hydra's intervals are of floats.
     if set(value.tags) - {"log"}:
         raise ConfigError(
@@ -211,7 +255,9 @@ def pruning_callback(trial_number: int, metric: str) -> keras.callbacks.Callback
     import optuna
 
     sweeper = HydraConfig.get().sweeper
-    storage = optuna.storages.get_storage(sweeper.storage)
+    if "study_name" not in sweeper:
+        raise ConfigError("sweep.trial is set by the Optuna sweeper (hparams_search=optuna) only")
+    storage = optuna.storages.get_storage(storage_url(sweeper.storage))
     study_id = storage.get_study_id_from_name(sweeper.study_name)
     study = optuna.load_study(
         study_name=sweeper.study_name, storage=storage, pruner=instantiate(sweeper.pruner)

@@ -92,10 +92,10 @@ class SweepTracker(Callback):
         self._parent_run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _exit_on_error(lambda: self._start(config))
+        exit_on_error(lambda: self._start(config))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        _exit_on_error(lambda: self._finish(config))
+        exit_on_error(lambda: self._finish(config))
 
     def _start(self, config: DictConfig) -> None:
         signals.install()
@@ -224,7 +224,7 @@ def _describe(result: dict[str, Any], results: list[dict[str, Any]]) -> str:
     return f"job {result['job_number']} ({' '.join(own)})"
 
 
-def _exit_on_error(step: Callable[[], None]) -> None:
+def exit_on_error(step: Callable[[], None]) -> None:
     try:
         step()
     except PipelineError as error:

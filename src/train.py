@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from src import records, signals
@@ -313,15 +314,15 @@ def main(cfg: DictConfig) -> float:
         outcome.update(status="pruned")
         metric = math.nan
     except Exception as error:
-        if sweep is None:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
             if isinstance(error, PipelineError):
                 print(f"error: {error}", file=sys.stderr)
                 sys.exit(2 if isinstance(error, ConfigError) else 1)
             raise
-        # In a sweep one failed job does not stop the others: its run is already FAILED, the
-        # sweep's summary names it, and the command exits non-zero at the end.
+        # In a sweep (a dry one too) one failed job does not stop the others: its run is
+        # already FAILED, the sweep's summary names it, and the command exits 1 at the end.
         message = f"{type(error).__name__}: {error}".splitlines()[0]
-        print(f"error: job {sweep.job_number} failed: {message}", file=sys.stderr)
+        print(f"error: job {HydraConfig.get().job.num} failed: {message}", file=sys.stderr)
         outcome.update(status="failed", error=message)
         metric = math.nan
     else:

@@ -20,6 +20,7 @@ import mlflow
 import numpy as np
 import optuna
 import pytest
+import requests
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import FIXTURE_DIR, PROJECT_ROOT
@@ -44,12 +45,13 @@ class TeamServer:
     """``make server`` in a folder of its own (one every user can enter: PostgreSQL runs as
     the postgres user when the tests run as root), on a free port."""
 
-    def __init__(self, auth: bool = False) -> None:
+    def __init__(self, auth: bool = False, allowed_hosts: str = "") -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="team-server-"))
         self.folder.chmod(0o755)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.settings = [f"SERVER_DIR={self.folder}", f"PORT={self.port}", f"AUTH={int(auth)}"]
+        self.settings.append(f"ALLOWED_HOSTS={allowed_hosts}")
 
     def start(self) -> TeamServer:
         started = make("server", *self.settings)
@@ -365,10 +367,10 @@ def _artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[st
     return found
 
 
-def test_a_server_with_basic_auth_takes_only_its_users(tmp_path):
+def test_a_server_with_basic_auth_takes_only_its_users_and_hosts(tmp_path):
     password = "s3cret-Pass-1234"
     credentials = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
-    server = TeamServer(auth=True)
+    server = TeamServer(auth=True, allowed_hosts="team.example")
     without = make("server", *server.settings, env={"MLFLOW_TRACKING_PASSWORD": ""})
     assert without.returncode != 0
     assert "AUTH=1 needs MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in without.stderr
@@ -392,6 +394,11 @@ def test_a_server_with_basic_auth_takes_only_its_users(tmp_path):
         [run] = client.search_runs([client.get_experiment_by_name("mnist-cnn").experiment_id])
         assert run.info.status == "FINISHED"
         assert password not in json.dumps([run.data.params, run.data.tags])
+        # The names it was told, and localhost; no other Host header.
+        api = f"{server.url}/api/2.0/mlflow/experiments/search?max_results=1"
+        for host, status in ((f"team.example:{server.port}", 200), ("elsewhere.example", 403)):
+            answer = requests.get(api, headers={"Host": host}, auth=("admin", password), timeout=20)
+            assert answer.status_code == status, (host, answer.text[:300])
     finally:
         server.stop()
         for key in credentials:

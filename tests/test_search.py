@@ -40,6 +40,16 @@ def test_hydra_sweeps_become_optuna_distributions_and_the_rest_stays_fixed():
     assert fixed == ["trainer.seed=7"]
 
 
+def test_a_value_given_on_the_command_line_wins_over_the_search_space():
+    space, fixed = search_space(
+        ["optimizer=choice(adam, sgd)", "model.conv_dropout=interval(0.0, 0.5)", "optimizer=sgd"]
+    )
+    assert set(space) == {"model.conv_dropout"} and fixed == ["optimizer=sgd"]
+    space, _ = search_space(["model.conv_dropout=range(0.1, 1.0, 0.2)"])
+    dropout = space["model.conv_dropout"]
+    assert (dropout.low, dropout.high, dropout.step) == pytest.approx((0.1, 0.9, 0.2))
+
+
 @pytest.mark.parametrize(
     ("pruner", "kind"),
     [("median", MedianPruner), ("hyperband", HyperbandPruner), ("none", NopPruner)],
