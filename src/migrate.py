@@ -11,6 +11,7 @@ what is new, and a copy an interruption cut short is made again.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +27,7 @@ from src import tracking
 from src.errors import TrackingError
 from src.uris import mask_uri
 
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line, not bars
 MARK = "migrated_from"
 _BATCH = 100  # MLflow takes at most 100 params or tags, and 1,000 metrics, per request.
 

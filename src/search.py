@@ -32,10 +32,9 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from src.compare import lower_is_better
 from src.errors import PipelineError, TrialPruned
 from src.schema import PROJECT_ROOT, ConfigError
-from src.sweep import SWEEP_FILE, exit_on_error
+from src.sweep import exit_on_error, handed_to_jobs
 from src.uris import mask_text, mask_uri
 
 if TYPE_CHECKING:
@@ -77,6 +76,8 @@ class OptunaSweeper(Sweeper):
 
     def _sweep(self, arguments: list[str]) -> None:
         import optuna
+
+        from src.compare import lower_is_better
 
         space, fixed = search_space([f"{k}={v}" for k, v in self.params.items()] + arguments)
         metric = self.sweep_config.optimized_metric
@@ -125,12 +126,12 @@ class OptunaSweeper(Sweeper):
         """Name the best trial on the sweep's parent run, with Optuna's two plots."""
         from optuna.trial import TrialState
 
-        sweep_file = Path(self.sweep_config.hydra.sweep.dir) / SWEEP_FILE
-        if not sweep_file.exists():
+        handed = handed_to_jobs(Path(self.sweep_config.hydra.sweep.dir))
+        if handed is None:
             return  # A dry sweep (tracking.enabled=false): no parent run.
         from src import tracking
 
-        parent = json.loads(sweep_file.read_text())["parent_run_id"]
+        parent = handed["parent_run_id"]
         tags = {"optuna.study": study.study_name, "optuna.study_trials": str(len(study.trials))}
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if done:

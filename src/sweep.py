@@ -71,11 +71,15 @@ def current_sweep() -> SweepContext | None:
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     hydra_cfg = HydraConfig.get()
-    sweep_file = Path(hydra_cfg.sweep.dir) / SWEEP_FILE
-    if not sweep_file.exists():
-        return None
-    recorded = json.loads(sweep_file.read_text())
-    return SweepContext(job_number=int(hydra_cfg.job.num), **recorded)
+    recorded = handed_to_jobs(Path(hydra_cfg.sweep.dir))
+    return None if recorded is None else SweepContext(job_number=int(hydra_cfg.job.num), **recorded)
+
+
+def handed_to_jobs(sweep_dir: Path) -> dict[str, Any] | None:
+    """What the sweep's launcher handed its jobs (its parent run's id, whether it resumed, the
+    launching process), or None for a dry sweep, which has no parent run."""
+    sweep_file = sweep_dir / SWEEP_FILE
+    return json.loads(sweep_file.read_text()) if sweep_file.exists() else None
 
 
 class SweepTracker(Callback):

@@ -57,7 +57,6 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 # a run's batches at once, and a PostgreSQL store then fails on its latest-metric key (a hung
 # request, a run created twice, records lost; measured with 8 writers against the team server).
 os.environ.setdefault("MLFLOW_ASYNC_LOGGING_THREADPOOL_SIZE", "1")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # src.migrate's downloads
 # MLflow prints the run's URL (credentials included) when a run ends; the summary says it.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 if "MLFLOW_LOGGING_LEVEL" not in os.environ:  # MLflow's own setting; INFO shows migrations.
