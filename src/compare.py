@@ -54,7 +54,11 @@ def table(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     rows["run_id"] = runs["run_id"]
     rows["sweep_job"] = runs.get("tags.sweep_job")
     rows["sort_value"] = runs.get(f"metrics.{metric}")
-    rows = rows.sort_values("sort_value", ascending=lower_is_better(metric), na_position="last")
+    # Of runs that tie, the earlier ranks first, as Optuna's best trial is the first to reach it.
+    rows = rows.loc[runs["start_time"].sort_values(kind="stable").index]
+    rows = rows.sort_values(
+        "sort_value", ascending=lower_is_better(metric), na_position="last", kind="stable"
+    )
     rows.insert(0, "rank", range(1, len(rows) + 1))
     return rows.reset_index(drop=True)
 

@@ -201,17 +201,19 @@ def test_the_table_keeps_only_differing_params_and_sorts_by_direction():
 
     runs = pd.DataFrame(
         {
-            "run_id": ["a", "b", "c"],
-            "status": ["FINISHED", "FINISHED", "FAILED"],
-            "tags.mlflow.runName": ["lr=0.1", "lr=0.01", "lr=1"],
-            "params.optimizer.learning_rate": ["0.1", "0.01", "1"],
-            "params.trainer.epochs": ["1", "1", "1"],
-            "params.tracking.uri": ["x", "y", "z"],
-            "metrics.val_loss": [0.5, 0.2, None],
+            "run_id": ["d", "a", "b", "c"],
+            "status": ["FINISHED", "FINISHED", "FINISHED", "FAILED"],
+            "start_time": pd.to_datetime([4, 1, 2, 3], unit="s"),  # Newest first, as searched.
+            "tags.mlflow.runName": ["lr=0.2", "lr=0.1", "lr=0.01", "lr=1"],
+            "params.optimizer.learning_rate": ["0.2", "0.1", "0.01", "1"],
+            "params.trainer.epochs": ["1", "1", "1", "1"],
+            "params.tracking.uri": ["w", "x", "y", "z"],
+            "metrics.val_loss": [0.2, 0.5, 0.2, None],
         }
     )
     rows = compare.table(runs, "val_loss")
-    assert rows["run_id"].tolist() == ["b", "a", "c"]  # lowest loss first, none last
+    # Lowest loss first, the earlier of a tie first, none last.
+    assert rows["run_id"].tolist() == ["b", "d", "a", "c"]
     text = compare.to_text(rows, "val_loss")
     assert text.splitlines()[0] == "Runs by val_loss (lowest first):"
     header = text.splitlines()[1].split()
