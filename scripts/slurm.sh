@@ -61,8 +61,8 @@ up() {
     runuser -u munge -- munged
     touch /run/munge/started-by-slurm-up   # so that slurm-down stops only a munged of ours
   fi
-  pgrep -x slurmctld >/dev/null || setsid slurmctld -D >>"$LOGS/slurmctld.out" 2>&1 </dev/null &
-  pgrep -x slurmd >/dev/null || setsid slurmd -D >>"$LOGS/slurmd.out" 2>&1 </dev/null &
+  pgrep -x slurmctld >/dev/null || { setsid slurmctld -D >>"$LOGS/slurmctld.out" 2>&1 </dev/null & }
+  pgrep -x slurmd >/dev/null || { setsid slurmd -D >>"$LOGS/slurmd.out" 2>&1 </dev/null & }
   for _ in $(seq 120); do
     if sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
       echo "SLURM is up: one node ($(hostname -s)), partition debug. Try: sinfo; squeue"
@@ -77,14 +77,14 @@ down() {
   [ "$(id -u)" = 0 ] || fail "the one-node cluster runs as root (sudo make slurm-down)"
   grep -qF "$MARK" "$CONF" 2>/dev/null ||
     fail "$CONF is not this project's: its SLURM is not ours to stop"
-  pkill -x slurmd || true
-  pkill -x slurmctld || true
+  local ours=(slurmd slurmctld) daemon
   if [ -f /run/munge/started-by-slurm-up ]; then
-    pkill -x munged || true
+    ours+=(munged)
     rm -f /run/munge/started-by-slurm-up
   fi
-  for _ in $(seq 60); do
-    pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || break
+  for daemon in "${ours[@]}"; do pkill -x "$daemon" || true; done
+  for _ in $(seq 60); do   # gone before it returns, so that slurm-up can follow at once
+    [ -z "$(for daemon in "${ours[@]}"; do pgrep -x "$daemon"; done)" ] && break
     sleep 0.5
   done
   echo "SLURM stopped"

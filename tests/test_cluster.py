@@ -143,6 +143,14 @@ def wait_for_job_epoch(
     raise AssertionError("no job reached epoch 1")
 
 
+def test_the_cluster_stops_and_starts_again_at_once(slurm):
+    # Output captured, as by CI: a daemon left holding the pipe would hang make here.
+    for step in ("slurm-down", "slurm-up"):
+        result = make(step)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert _answers(["sinfo"])
+
+
 def test_a_slurm_sweep_records_every_job_in_the_team_server(tmp_path, slurm, server):
     process = train(
         tmp_path,
