@@ -224,3 +224,23 @@ def test_system_metrics_are_sampled_unless_turned_off(tiny_config, store_uri, mo
     assert len(cpu) >= 2 and all(0 <= item.value <= 100 * 64 for item in cpu)
     assert "system/system_memory_usage_megabytes" in client.get_run(sampled.run_id).data.metrics
     assert not any(name.startswith("system/") for name in client.get_run(quiet.run_id).data.metrics)
+
+
+def test_the_misclassified_figure_shows_the_first_wrong_digits_with_their_labels():
+    from src import report
+
+    images = np.zeros((50, 28, 28, 1), dtype=np.float32)
+    images[:, :, :, 0] = np.arange(50, dtype=np.float32)[:, None, None] / 50  # digit i: i / 50
+    true = np.zeros(50, dtype=np.int64)
+    predicted = np.where(np.arange(50) % 5 == 1, 3, 0)  # digits 1, 6, 11, ... are wrong
+
+    figure = report.plot_misclassified(images, true, predicted, shown=4)
+    [axes] = figure.axes
+    assert figure.get_suptitle() == "10 of 50 test digits misclassified"
+    assert [text.get_text() for text in axes.texts] == ["predicted 3, true 0"] * 4
+    mosaic = axes.images[0].get_array()
+    tiles = [value for value in np.unique(mosaic) if value > 0]
+    assert tiles == pytest.approx([1 / 50, 6 / 50, 11 / 50, 16 / 50])  # the first 4 wrong
+    first_column = mosaic[:, np.flatnonzero(mosaic.any(axis=0))[0]]
+    assert first_column.max() == pytest.approx(1 / 50)  # the first of them on the left
+    assert mosaic.shape[1] > mosaic.shape[0]  # 4 digits: one row of 6 places
