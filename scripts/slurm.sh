@@ -78,15 +78,17 @@ down() {
   grep -qF "$MARK" "$CONF" 2>/dev/null ||
     fail "$CONF is not this project's: its SLURM is not ours to stop"
   local ours=(slurmd slurmctld) daemon
-  if [ -f /run/munge/started-by-slurm-up ]; then
-    ours+=(munged)
-    rm -f /run/munge/started-by-slurm-up
-  fi
+  [ -f /run/munge/started-by-slurm-up ] && ours+=(munged)
   for daemon in "${ours[@]}"; do pkill -x "$daemon" || true; done
   for _ in $(seq 60); do   # gone before it returns, so that slurm-up can follow at once
     [ -z "$(for daemon in "${ours[@]}"; do pgrep -x "$daemon"; done)" ] && break
     sleep 0.5
   done
+  for daemon in "${ours[@]}"; do
+    ! pgrep -x "$daemon" >/dev/null ||
+      fail "$daemon is still running after 30 s; stop it (pkill -KILL -x $daemon) and run again"
+  done
+  rm -f /run/munge/started-by-slurm-up
   echo "SLURM stopped"
 }
 

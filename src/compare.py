@@ -54,11 +54,15 @@ def table(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     rows["run_id"] = runs["run_id"]
     rows["sweep_job"] = runs.get("tags.sweep_job")
     rows["sort_value"] = runs.get(f"metrics.{metric}")
-    # Of runs that tie, the earlier ranks first, as Optuna's best trial is the first to reach it.
-    rows = rows.loc[runs["start_time"].sort_values(kind="stable").index]
+    # Of runs that tie, the first ranks first: the lower Optuna trial, else the earlier start.
+    trial = runs.get("tags.optuna.trial")
+    rows["_trial"] = float("nan") if trial is None else trial.astype(float)
+    rows["_started"] = runs.get("start_time", float("nan"))
     rows = rows.sort_values(
-        "sort_value", ascending=lower_is_better(metric), na_position="last", kind="stable"
-    )
+        ["sort_value", "_trial", "_started"],
+        ascending=[lower_is_better(metric), True, True],
+        na_position="last",
+    ).drop(columns=["_trial", "_started"])
     rows.insert(0, "rank", range(1, len(rows) + 1))
     return rows.reset_index(drop=True)
 

@@ -124,6 +124,7 @@ class OptunaSweeper(Sweeper):
 
     def _record(self, study: optuna.Study) -> None:
         """Name the best trial on the sweep's parent run, with Optuna's two plots."""
+        from optuna.study import StudyDirection
         from optuna.trial import TrialState
 
         handed = handed_to_jobs(Path(self.sweep_config.hydra.sweep.dir))
@@ -135,7 +136,11 @@ class OptunaSweeper(Sweeper):
         tags = {"optuna.study": study.study_name, "optuna.study_trials": str(len(study.trials))}
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if done:
-            best = study.best_trial
+            # Of trials that tie, the first, as the sweep's table ranks them (Optuna's database
+            # storage leaves the order of a tie to the database).
+            sign = 1 if study.direction == StudyDirection.MINIMIZE else -1
+            scored = [(sign * t.value, t.number, t) for t in done if t.value is not None]
+            best = min(scored)[2]
             tags.update(
                 {"optuna.best_trial": str(best.number), "optuna.best_value": str(best.value)}
             )

@@ -30,13 +30,15 @@ from tests.test_sweep import assert_every_record
 pytestmark = pytest.mark.cluster
 
 
-def make(*arguments: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def make(
+    *arguments: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["make", "-s", *arguments],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 
@@ -144,11 +146,26 @@ def wait_for_job_epoch(
 
 
 def test_the_cluster_stops_and_starts_again_at_once(slurm):
+    before = _daemons()
     # Output captured, as by CI: a daemon left holding the pipe would hang make here.
-    for step in ("slurm-down", "slurm-up"):
-        result = make(step)
-        assert result.returncode == 0, result.stderr[-3000:]
+    stopped = make("slurm-down", timeout=120)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert _daemons() == {}
+    started = make("slurm-up", timeout=120)
+    assert started.returncode == 0, started.stderr[-3000:]
+    after = _daemons()
+    assert set(after) == {"slurmctld", "slurmd"}
+    assert all(after[name] != before[name] for name in after)  # Started anew.
     assert _answers(["sinfo"])
+
+
+def _daemons() -> dict[str, str]:
+    """SLURM's running daemons and their process ids."""
+    pids = {
+        name: subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout.strip()
+        for name in ("slurmctld", "slurmd")
+    }
+    return {name: pid for name, pid in pids.items() if pid}
 
 
 def test_a_slurm_sweep_records_every_job_in_the_team_server(tmp_path, slurm, server):
@@ -309,7 +326,10 @@ def test_an_optuna_study_on_the_servers_postgresql_takes_trials_from_slurm_jobs(
     _, [parent], jobs = runs_in(server, "optuna-on-slurm")
     assert sorted(run.data.tags["optuna.trial"] for run in jobs) == ["0", "1"]
     assert {run.data.tags["slurm_job_id"] for run in jobs}  # Both ran as SLURM jobs.
-    assert parent.data.tags["optuna.best_trial"] == str(study.best_trial.number)
+    best = min(study.trials, key=lambda trial: (-trial.value, trial.number))  # First of a tie.
+    assert parent.data.tags["optuna.best_trial"] == str(best.number)
+    [best_run] = [run for run in jobs if run.data.tags["optuna.trial"] == str(best.number)]
+    assert parent.data.tags["best_run_id"] == best_run.info.run_id  # The sweep's table agrees.
 
 
 def test_the_runs_of_a_sqlite_store_move_into_the_team_server(tmp_path, server):

@@ -78,7 +78,8 @@ def test_trials_are_child_runs_and_the_parent_names_the_best_with_optunas_plots(
     assert parent.data.tags["sweeper"] == "OptunaSweeper"
     assert sorted(run.data.tags["optuna.trial"] for run in jobs) == ["0", "1", "2"]
     assert len({run.data.params["optimizer.learning_rate"] for run in jobs}) == 3
-    best = study(tmp_path).best_trial
+    trials = study(tmp_path).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    best = min(trials, key=lambda trial: (-trial.value, trial.number))  # The first of a tie.
     assert parent.data.tags["optuna.best_trial"] == str(best.number)
     assert json.loads(parent.data.tags["optuna.best_params"]) == best.params
     best_run = next(run for run in jobs if run.data.tags["optuna.trial"] == str(best.number))

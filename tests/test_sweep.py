@@ -214,6 +214,8 @@ def test_the_table_keeps_only_differing_params_and_sorts_by_direction():
     rows = compare.table(runs, "val_loss")
     # Lowest loss first, the earlier of a tie first, none last.
     assert rows["run_id"].tolist() == ["b", "d", "a", "c"]
+    runs["tags.optuna.trial"] = ["0", None, "1", None]  # Optuna's trial order wins a tie.
+    assert compare.table(runs, "val_loss")["run_id"].tolist() == ["d", "b", "a", "c"]
     text = compare.to_text(rows, "val_loss")
     assert text.splitlines()[0] == "Runs by val_loss (lowest first):"
     header = text.splitlines()[1].split()

@@ -226,21 +226,25 @@ def test_system_metrics_are_sampled_unless_turned_off(tiny_config, store_uri, mo
     assert not any(name.startswith("system/") for name in client.get_run(quiet.run_id).data.metrics)
 
 
-def test_the_misclassified_figure_shows_the_first_wrong_digits_with_their_labels():
+@pytest.mark.parametrize(("wrong", "rows"), [(0, 1), (1, 1), (7, 2), (50, 6)])
+def test_the_misclassified_figure_shows_the_first_wrong_digits_with_their_labels(wrong, rows):
     from src import report
 
-    images = np.zeros((50, 28, 28, 1), dtype=np.float32)
-    images[:, :, :, 0] = np.arange(50, dtype=np.float32)[:, None, None] / 50  # digit i: i / 50
-    true = np.zeros(50, dtype=np.int64)
-    predicted = np.where(np.arange(50) % 5 == 1, 3, 0)  # digits 1, 6, 11, ... are wrong
+    images = np.zeros((100, 28, 28), dtype=np.float32)
+    images += (np.arange(100, dtype=np.float32) / 100)[:, None, None]  # digit i is all i / 100
+    true = np.zeros(100, dtype=np.int64)
+    predicted = true.copy()
+    predicted[1 : 1 + 2 * wrong : 2] = np.arange(wrong) % 9 + 1  # digits 1, 3, 5, ... are wrong
 
-    figure = report.plot_misclassified(images, true, predicted, shown=4)
+    figure = report.plot_misclassified(images, true, predicted)
     [axes] = figure.axes
-    assert figure.get_suptitle() == "10 of 50 test digits misclassified"
-    assert [text.get_text() for text in axes.texts] == ["predicted 3, true 0"] * 4
+    assert figure.get_suptitle() == f"{wrong} of 100 test digits misclassified"
     mosaic = axes.images[0].get_array()
-    tiles = [value for value in np.unique(mosaic) if value > 0]
-    assert tiles == pytest.approx([1 / 50, 6 / 50, 11 / 50, 16 / 50])  # the first 4 wrong
-    first_column = mosaic[:, np.flatnonzero(mosaic.any(axis=0))[0]]
-    assert first_column.max() == pytest.approx(1 / 50)  # the first of them on the left
-    assert mosaic.shape[1] > mosaic.shape[0]  # 4 digits: one row of 6 places
+    assert mosaic.shape[0] == rows * (28 + 8)  # 6 digits a row, a title's room above each
+    shown = min(wrong, 36)
+    assert [text.get_text() for text in axes.texts] == [
+        f"predicted {n % 9 + 1}, true 0" for n in range(shown)
+    ]
+    for n, text in enumerate(axes.texts):  # Each title sits just above its own digit.
+        x, y = text.get_position()
+        assert mosaic[int(y) + 2, int(x)] == pytest.approx((1 + 2 * n) / 100)
