@@ -80,14 +80,15 @@ down() {
   local ours=(slurmd slurmctld) daemon
   [ -f /run/munge/started-by-slurm-up ] && ours+=(munged)
   for daemon in "${ours[@]}"; do pkill -x "$daemon" || true; done
+  local running
   for _ in $(seq 60); do   # gone before it returns, so that slurm-up can follow at once
-    [ -z "$(for daemon in "${ours[@]}"; do pgrep -x "$daemon"; done)" ] && break
+    running=""
+    for daemon in "${ours[@]}"; do ! pgrep -x "$daemon" >/dev/null || running+=" $daemon"; done
+    [ -z "$running" ] && break
     sleep 0.5
   done
-  for daemon in "${ours[@]}"; do
-    ! pgrep -x "$daemon" >/dev/null ||
-      fail "$daemon is still running after 30 s; stop it (pkill -KILL -x $daemon) and run again"
-  done
+  [ -z "$running" ] ||
+    fail "still running after 30 s:$running; stop them (pkill -KILL -x NAME) and run again"
   rm -f /run/munge/started-by-slurm-up
   echo "SLURM stopped"
 }
