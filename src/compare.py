@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from src.uris import mask_uri
+from src.uris import mask_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if sweep_id == "latest":
             latest = tracking.find_runs(uri, args.experiment, "tags.sweep_role = 'parent'", 1)
             if latest.empty:
-                print(f"error: no sweep in {where} at {mask_uri(uri)}", file=sys.stderr)
+                print(f"error: no sweep in {where} at {mask_text(uri)}", file=sys.stderr)
                 return 1
             sweep_id = latest["run_id"].iloc[0]
         if sweep_id is not None:
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = runs[runs["tags.sweep_role"] != "parent"]
     if runs.empty:
         condition = f" matching {args.filter!r}" if args.filter else ""
-        print(f"error: no runs in {where}{condition} at {mask_uri(uri)}", file=sys.stderr)
+        print(f"error: no runs in {where}{condition} at {mask_text(uri)}", file=sys.stderr)
         return 1
 
     rows = table(runs, args.metric)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.errors import PipelineError
+from src.errors import PipelineError, one_line
 
 NUM_CLASSES = 10
 NPZ_NAME = "mnist.npz"
@@ -161,10 +161,9 @@ def _download(url: str, cache_dir: Path, sha256: str) -> Path:
             )
             os.replace(fetched, target)
     except Exception as error:
-        reason = str(error).splitlines()[0]
         raise DataError(
-            f"could not download MNIST from {url} ({reason}); without internet, put {_ALL_FILES} "
-            f"in a folder and pass data.dir=FOLDER, or copy {NPZ_NAME} to {target}"
+            f"could not download MNIST from {url} ({one_line(error)}); without internet, put "
+            f"{_ALL_FILES} in a folder and pass data.dir=FOLDER, or copy {NPZ_NAME} to {target}"
         ) from error
     return target
 
@@ -242,10 +241,10 @@ def prepare(
             )
         train_images, train_labels = train_images[:limit], train_labels[:limit]
     val_count = int(len(train_images) * val_fraction)
-    if (val_fraction > 0 and val_count == 0) or val_count >= len(train_images):
+    if val_fraction > 0 and val_count == 0:  # (A fraction below 1 always leaves training images.)
         raise DataError(
-            f"data.val_fraction={val_fraction} of {len(train_images)} training images leaves "
-            "no validation or no training image: change data.val_fraction or data.limit"
+            f"data.val_fraction={val_fraction} of {len(train_images)} training images holds out "
+            "no validation image: raise data.val_fraction, or add images"
         )
     order = np.random.default_rng(seed).permutation(len(train_images))
     val_index, train_index = order[:val_count], order[val_count:]

@@ -1,5 +1,14 @@
 """The project's errors for problems a user can fix: reported as one line, never a traceback."""
 
+from src.uris import mask_text
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """Any error's message as it may be shown in a one-line error: its first line (its type's
+    name if it has no message), at most ``limit`` characters, passwords masked."""
+    message = str(getattr(error, "message", error)) or type(error).__name__  # MLflow's .message
+    return mask_text(message).partition("\n")[0][:limit]  # Masked whole, then cut.
+
 
 class PipelineError(Exception):
     """Bad input (a config value, a data file, a tracking URI): the message names what is

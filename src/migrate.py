@@ -24,12 +24,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from src import tracking
-from src.errors import TrackingError
-from src.uris import mask_uri
+from src.errors import TrackingError, one_line
+from src.uris import mask_text
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line, not bars
 MARK = "migrated_from"
-_BATCH = 100  # MLflow takes at most 100 params or tags, and 1,000 metrics, per request.
 
 
 def migrate(source: MlflowClient, target: MlflowClient, experiments: Sequence[str]) -> str:
@@ -114,8 +113,7 @@ def _copy_run(
     ids[old] = new_id = new.info.run_id
     history = [m for key in run.data.metrics for m in source.get_metric_history(old, key)]
     params = [Param(key, value) for key, value in run.data.params.items()]
-    for start in range(0, max(len(history), len(params)), _BATCH):
-        target.log_batch(new_id, history[start : start + _BATCH], params[start : start + _BATCH])
+    target.log_batch(new_id, history, params)  # MLflow splits it into requests it takes.
     if run.inputs and run.inputs.dataset_inputs:
         target.log_inputs(new_id, datasets=run.inputs.dataset_inputs)
     with tempfile.TemporaryDirectory() as folder:
@@ -128,10 +126,8 @@ def _close_copy(target: MlflowClient, run: Run, ids: dict[str, str]) -> None:
     copied = {key: value for key, value in run.data.tags.items() if not key.startswith(MARK)}
     tags = {key: _with_new_ids(value, ids) for key, value in copied.items()}
     tags[f"{MARK}.complete"] = "true"
-    entries = [RunTag(key, value) for key, value in tags.items()]
     new_id = ids[run.info.run_id]
-    for start in range(0, len(entries), _BATCH):
-        target.log_batch(new_id, tags=entries[start : start + _BATCH])
+    target.log_batch(new_id, tags=[RunTag(key, value) for key, value in tags.items()])
     target.set_terminated(new_id, run.info.status, run.info.end_time)
 
 
@@ -221,13 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except MlflowException as error:
-        reason = tracking.reason_of(error)
+        reason = one_line(error)
         print(
             f"error: the migration stopped ({reason}); run it again to copy the rest",
             file=sys.stderr,
         )
         return 1
-    print(f"{mask_uri(source.tracking_uri)} -> {mask_uri(target.tracking_uri)}: {summary}.")
+    print(f"{mask_text(source.tracking_uri)} -> {mask_text(target.tracking_uri)}: {summary}.")
     return 0
 
 

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from src.errors import one_line
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -35,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         tracking.replay(args.folder, args.tracking_uri)
     except tracking.UNREACHABLE as error:
-        reason = tracking.reason_of(error)
+        reason = one_line(error)
         print(f"error: the store did not take the run ({reason}); try again later", file=sys.stderr)
         return 1
     print(f"Sent {args.folder} into its run.")

@@ -22,7 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from src.errors import PipelineError
-from src.uris import mask_uri
+from src.uris import mask_text
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -217,7 +217,7 @@ def validate(cfg: DictConfig) -> None:
         if value is not _ABSENT and not check(value):
             shown = value
             if isinstance(value, str):
-                shown = mask_uri(value) if value.strip() else repr(value)
+                shown = mask_text(value) if value.strip() else repr(value)
             raise ConfigError(f"{key}={shown} is not allowed: it must be {allowed}")
 
     limit, val_fraction = cfg.data.limit, cfg.data.val_fraction
@@ -231,11 +231,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"data.val_fraction={val_fraction} of data.limit={limit} images holds out no "
             "validation image: raise data.limit or data.val_fraction"
-        )
-    if limit is not None and limit - int(limit * val_fraction) < 1:
-        raise ConfigError(
-            f"data.val_fraction={val_fraction} of data.limit={limit} images leaves no training "
-            "image: lower data.val_fraction"
         )
 
     target = OmegaConf.select(cfg, "loss.fn._target_")

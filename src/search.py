@@ -32,10 +32,10 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from src.errors import PipelineError, TrialPruned
+from src.errors import PipelineError, TrialPruned, one_line
 from src.schema import PROJECT_ROOT, ConfigError
 from src.sweep import exit_on_error, handed_to_jobs
-from src.uris import mask_text, mask_uri
+from src.uris import mask_text
 
 if TYPE_CHECKING:
     import keras
@@ -87,7 +87,7 @@ class OptunaSweeper(Sweeper):
         study = _open_study(self.storage, self.study_name, wanted, self.sampler, self.pruner)
         if study.direction.name.lower() != wanted:  # An existing study keeps its direction.
             raise ConfigError(
-                f"study '{self.study_name}' ({mask_uri(storage_url(self.storage))}) is set to "
+                f"study '{self.study_name}' ({mask_text(storage_url(self.storage))}) is set to "
                 f"{study.direction.name.lower()}, and {metric} wants {wanted}: "
                 "name another (hydra.sweeper.study_name=...)"
             )
@@ -178,9 +178,8 @@ def _open_study(
             load_if_exists=True,
         )
     except Exception as error:
-        reason = str(error).splitlines()[0][:300]
         raise PipelineError(
-            f"hydra.sweeper.storage={mask_uri(url)}: Optuna cannot use it ({mask_text(reason)})"
+            f"hydra.sweeper.storage={mask_text(url)}: Optuna cannot use it ({one_line(error)})"
         ) from error
 
 
@@ -289,10 +288,9 @@ def pruning_callback(trial_number: int, metric: str) -> keras.callbacks.Callback
                     self.model.stop_training = True
             except Exception as error:  # The storage, locked or away: no pruning.
                 self.reporting = False
-                reason = str(error).splitlines()[0][:200]
                 print(
-                    f"warning: trial {trial_number} cannot report to its study ({reason}); "
-                    "it trains to the end",
+                    f"warning: trial {trial_number} cannot report to its study "
+                    f"({one_line(error)}); it trains to the end",
                     file=sys.stderr,
                 )
 

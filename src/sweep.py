@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from src import records, signals
 from src.errors import PipelineError
 from src.schema import ConfigError, validate
-from src.uris import mask_overrides, mask_text, mask_uri
+from src.uris import mask_overrides, mask_text
 
 SWEEP_FILE = "sweep.json"
 RESULT_FILE = "result.json"  # Each job's outcome, written by src.train.main in its folder.
@@ -105,6 +105,8 @@ class SweepTracker(Callback):
         signals.install()
         # The settings shared by every job are checked before anything is recorded.
         validate(OmegaConf.masked_copy(config, [str(key) for key in config if key != "hydra"]))
+        sweep_file = Path(config.hydra.sweep.dir) / SWEEP_FILE
+        sweep_file.unlink(missing_ok=True)  # An earlier sweep's, in a sweep folder used again.
         if not config.tracking.enabled:
             return  # A dry sweep: no parent run; each job runs as a dry run.
         from src import tracking
@@ -122,13 +124,12 @@ class SweepTracker(Callback):
             config.tracking.uri, config.tracking.experiment, name, tags, not config.sweep.rerun
         )
         atexit.register(self._close_if_still_open)
-        sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        sweep_file.parent.mkdir(parents=True, exist_ok=True)
         handed = {"parent_run_id": self._parent_run_id, "resumed": resumed}
         handed["launcher"] = _this_process()
-        (sweep_dir / SWEEP_FILE).write_text(json.dumps(handed))
+        sweep_file.write_text(json.dumps(handed))
         verb = "Resuming" if resumed else "Starting"
-        print(f"{verb} sweep {self._parent_run_id} ({mask_uri(self._uri)})", file=sys.stderr)
+        print(f"{verb} sweep {self._parent_run_id} ({mask_text(self._uri)})", file=sys.stderr)
 
     def _finish(self, config: DictConfig) -> None:
         if self._uri is None or self._parent_run_id is None:

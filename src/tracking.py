@@ -37,9 +37,9 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Schema, TensorSpec
 
 from src import report
-from src.errors import TrackingError
+from src.errors import TrackingError, one_line
 from src.schema import PROJECT_ROOT
-from src.uris import mask_text, mask_uri, without_credentials
+from src.uris import mask_text, without_credentials
 
 if TYPE_CHECKING:
     import keras
@@ -149,7 +149,7 @@ def _store_error(uri: str, error: BaseException) -> TrackingError:
             f"programs at once); move it away (mv {database} {database}.broken) and run again"
         )
     elif database is not None:
-        problem = f"MLflow cannot use it ({reason_of(error)})"
+        problem = f"MLflow cannot use it ({one_line(error)})"
     elif "error code 401 " in str(error):
         problem = (
             "the server refused the credentials (HTTP 401); set MLFLOW_TRACKING_USERNAME and "
@@ -164,10 +164,10 @@ def _store_error(uri: str, error: BaseException) -> TrackingError:
         problem = "this user may not write there (HTTP 403); ask the server's admin for access"
     else:
         problem = (
-            f"no tracking server answers there ({reason_of(error)}); start it "
+            f"no tracking server answers there ({one_line(error)}); start it "
             "(make server) or fix the URI"
         )
-    return TrackingError(f"tracking.uri={mask_uri(uri)}: {problem}")
+    return TrackingError(f"tracking.uri={mask_text(uri)}: {problem}")
 
 
 def _half_migrated(database: Path) -> bool:
@@ -197,7 +197,7 @@ def _experiment_id(client: MlflowClient, name: str, database: Path | None) -> st
                 raise
     if experiment.lifecycle_stage == "deleted":
         raise TrackingError(
-            f"tracking.experiment={name} is deleted in {mask_uri(client.tracking_uri)}: "
+            f"tracking.experiment={name} is deleted in {mask_text(client.tracking_uri)}: "
             "restore it in the UI or choose another name"
         )
     if KIND_TAG not in experiment.tags:  # Made before the project tagged its experiments.
@@ -225,7 +225,7 @@ def ui_hint(uri: str, experiment: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"open {ui_address(uri, experiment)}"
     serve = (
-        "make ui" if uri == resolve_uri(None) else f"mlflow ui --backend-store-uri {mask_uri(uri)}"
+        "make ui" if uri == resolve_uri(None) else f"mlflow ui --backend-store-uri {mask_text(uri)}"
     )
     return f"run `{serve}` and open {ui_address(uri, experiment)}"
 
@@ -314,10 +314,11 @@ class MlflowRun:
     def __init__(self, run_id: str, uri: str, output_dir: Path) -> None:
         self.run_id: str = run_id
         self.model_uri: str | None = None
+        self._uri = uri  # With its password, if it has one: run.json keeps it masked.
         self._output_dir = output_dir
         self._folder = Path(tempfile.mkdtemp(prefix="mnist-run-"))  # artifacts/, model.keras
         # Everything sent, to keep the whole run if the store stops answering (see replay).
-        self._record: dict[str, Any] = {"run_id": run_id, "uri": mask_uri(uri), "metrics": []}
+        self._record: dict[str, Any] = {"run_id": run_id, "uri": mask_text(uri), "metrics": []}
         self._record.update(params={}, tags={})
         self._sending: list[Any] = []  # MLflow's handles on the asynchronous records
         self._model: keras.Model | None = None
@@ -401,10 +402,10 @@ class MlflowRun:
             self._model.save(folder / "model.keras")
         (folder / "run.json").write_text(json.dumps(self._record))
         print(
-            f"warning: the tracking store stopped answering ({reason_of(error)}).", file=sys.stderr
+            f"warning: the tracking store stopped answering ({one_line(error)}).", file=sys.stderr
         )
         try:
-            self.model_uri = replay(folder)
+            self.model_uri = replay(folder, self._uri)
             print(f"It answers again: run {self.run_id} was sent in full.", file=sys.stderr)
         except UNREACHABLE:
             print(
@@ -418,11 +419,6 @@ def _status_of(error: BaseException) -> str:
     """KILLED for Ctrl-C and SIGTERM (see src.signals) and a pruned trial, else FAILED."""
     killed = isinstance(error, KeyboardInterrupt)
     return str(getattr(error, "run_status", "KILLED" if killed else "FAILED"))
-
-
-def reason_of(error: BaseException) -> str:
-    """An MLflow or network error in one line, without passwords."""
-    return mask_text(str(getattr(error, "message", error)).splitlines()[0][:300])
 
 
 def _send_files(folder: Path, tags: Mapping[str, str], model: keras.Model | None) -> str | None:
@@ -462,7 +458,7 @@ def _param_value(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return ",".join(str(item) for item in value)
     if isinstance(value, str) and "://" in value:
-        return mask_uri(value)
+        return mask_text(value)
     return "null" if value is None else value
 
 
@@ -491,7 +487,7 @@ def register_model(
                 return f"{said}; models:/{name}@{BEST_ALIAS} {stays}."
         client.set_registered_model_alias(name, BEST_ALIAS, version.version)
     except UNREACHABLE as error:
-        return f"warning: the model was not registered ({reason_of(error)})."
+        return f"warning: the model was not registered ({one_line(error)})."
     return f"{said}, now models:/{name}@{BEST_ALIAS} ({metric} {value:.4f})."
 
 
@@ -531,9 +527,10 @@ def replay(folder: Path, uri: str | None = None) -> str | None:
 def open_sweep_run(
     uri: str | None, experiment: str, name: str, tags: Mapping[str, str], resume: bool
 ) -> tuple[str, str, bool]:
-    """Open a sweep's parent run, or with ``resume`` reopen the newest unfinished one with the
-    same ``sweep_fingerprint`` tag. Returns the tracking URI, the parent's id, and whether it
-    was reopened."""
+    """Open a sweep's parent run, or with ``resume`` reopen the newest one with the same
+    ``sweep_fingerprint`` tag if it ended FAILED or KILLED (one still RUNNING is the same
+    sweep running elsewhere: it is not joined). Returns the tracking URI, the parent's id,
+    and whether it was reopened."""
     tracking_uri, experiment_id = prepare_store(uri, experiment)
     client = MlflowClient(tracking_uri)
     previous = client.search_runs(
@@ -542,7 +539,7 @@ def open_sweep_run(
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
-    if resume and previous and previous[0].info.status != "FINISHED":
+    if resume and previous and previous[0].info.status in ("FAILED", "KILLED"):
         run_id = previous[0].info.run_id
         for key, value in {**_process_tags(), "sweep_resumed": "true"}.items():
             client.set_tag(run_id, key, value)  # Before RUNNING: no one takes it for dead.
@@ -639,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except MlflowException as error:
         print(
-            f"error: MODEL={args.model} is not in {mask_uri(uri)} ({reason_of(error)}); a sweep "
+            f"error: MODEL={args.model} is not in {mask_text(uri)} ({one_line(error)}); a sweep "
             "registers its best model, a run with tracking.register=true its own",
             file=sys.stderr,
         )

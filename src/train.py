@@ -31,7 +31,7 @@ from src import records, signals
 from src.errors import DivergedError, PipelineError, TrialPruned
 from src.schema import ConfigError, LabelEncoding, register_configs, validate
 from src.sweep import RESULT_FILE, SweepContext, config_hash, current_sweep
-from src.uris import mask_overrides, mask_uri
+from src.uris import mask_overrides, mask_text
 
 if TYPE_CHECKING:
     import keras
@@ -146,8 +146,6 @@ def _setup_records(
     """What a run records before training: the resolved config as params (passwords masked),
     the dataset as tags, and the config, the overrides and the model's summary as files."""
     settings = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    if settings["tracking"]["uri"]:
-        settings["tracking"]["uri"] = mask_uri(settings["tracking"]["uri"])
     params = {**records.flatten(settings), "model.parameter_count": model.count_params()}
     sizes = (len(splits.x_train), len(splits.x_val), len(splits.x_test))
     tags = {
@@ -159,7 +157,7 @@ def _setup_records(
     summary: list[str] = []
     model.summary(print_fn=lambda line, **_: summary.append(line))
     texts = {
-        "config/config.yaml": OmegaConf.to_yaml(settings),
+        "config/config.yaml": mask_text(OmegaConf.to_yaml(settings)),
         "config/overrides.yaml": OmegaConf.to_yaml(overrides),
         "model_summary.txt": "\n".join(summary) + "\n",
     }

@@ -4,27 +4,11 @@ from __future__ import annotations
 
 import logging
 import re
-import urllib.parse
-
-
-def mask_uri(uri: str) -> str:
-    """The URI with any password replaced by ``***``, for logs, params and messages."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = f"{parts.username}:***@{parts.hostname}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def without_credentials(uri: str) -> str:
-    """The URI with no user or password, for a plain reachability probe."""
-    parts = urllib.parse.urlsplit(uri)
-    netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    """The URI with no user or password, for an address to print."""
+    return _USER_INFO.sub(r"\1", uri)
 
 
 def mask_text(text: str) -> str:
@@ -38,8 +22,10 @@ def mask_overrides(overrides: list[str]) -> list[str]:
     return [mask_text(override) for override in overrides]
 
 
-# user:password@ after a scheme, also as Hydra prints overrides (with ":" escaped as "\:").
-_CREDENTIALS = re.compile(r"(://[^\s:/@]+\\?:)[^\s@/]+@")
+# user:password@ after a scheme, also as Hydra prints overrides (with ":" escaped as "\:"); the
+# password runs to the last "@" before the host, as in urllib.parse (it may hold an "@").
+_CREDENTIALS = re.compile(r"(://[^\s:/@]+\\?:)[^\s/]*@")
+_USER_INFO = re.compile(r"(://)[^\s/]*@")
 
 
 class MaskingFilter(logging.Filter):

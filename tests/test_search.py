@@ -4,8 +4,11 @@ study shared by two sweeps at once and resumed by a third."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import time
+from collections import Counter
 
 import optuna
 import pytest
@@ -113,7 +116,11 @@ def test_an_unpromising_trial_is_pruned_and_its_run_says_so(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_dry_sweep_prunes_too(tmp_path):
+def test_a_dry_sweep_prunes_too_and_records_nothing(tmp_path):
+    # In a sweep folder used before: an earlier tracked sweep's hand-over to its jobs is ignored.
+    (tmp_path / "sweep").mkdir()
+    earlier = {"parent_run_id": "0" * 32, "resumed": True, "launcher": "elsewhere:1"}
+    (tmp_path / "sweep" / "sweep.json").write_text(json.dumps(earlier))
     result = optuna_sweep(
         tmp_path,
         "hydra.sweeper.n_trials=2",
@@ -129,27 +136,48 @@ def test_a_dry_sweep_prunes_too(tmp_path):
 
 @pytest.mark.slow
 def test_two_sweeps_share_one_study_at_once_and_a_third_resumes_it(tmp_path):
-    def start(seed):
+    """The same command in two terminals: two sweeps (two parent runs), one study."""
+
+    def start(name):
         command = [
             sys.executable, "-m", "src.train", "-m", "hparams_search=optuna",
             f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}",
-            "hydra.sweeper.n_trials=2", "hydra/sweeper/pruner=none", f"trainer.seed={seed}",
+            "hydra.sweeper.n_trials=2", "hydra/sweeper/pruner=none",
             f"data.dir={FIXTURE_DIR}", "data.limit=400", "trainer.verbose=0",
             "tracking.log_model=false", f"tracking.uri=sqlite:///{tmp_path / 'store/mlflow.db'}",
-            f"hydra.sweep.dir={tmp_path / f'sweep{seed}'}",
+            f"hydra.sweep.dir={tmp_path / name}",
         ]  # fmt: skip
-        return subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+        log = tmp_path / f"{name}.log"
+        with log.open("w") as stderr:
+            return subprocess.Popen(command, cwd=tmp_path, stderr=stderr), log
 
-    first, second = start(1), start(2)
-    for process in (first, second):
-        assert process.wait(timeout=600) == 0, process.communicate()[1][-3000:]
+    def opened(process, log):
+        """The line saying which parent run the sweep opened, once it is printed."""
+        deadline = time.monotonic() + 120
+        while not (found := re.search(r"^(Starting|Resuming) sweep \w+", log.read_text(), re.M)):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        return found[0]
+
+    def finish(process, log):
+        assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+
+    first = start("first")
+    first_parent = opened(*first)
+    second = start("second")
+    second_parent = opened(*second)
+    assert first[0].poll() is None, "the first sweep ended before the second opened its parent"
+    assert first_parent.startswith("Starting") and second_parent.startswith("Starting")
+    assert first_parent != second_parent  # Not joined: the first was still RUNNING.
+    for sweep_process in (first, second):
+        finish(*sweep_process)
     assert sorted(trial.number for trial in study(tmp_path).trials) == [0, 1, 2, 3]
 
-    third = start(3)
-    assert third.wait(timeout=600) == 0, third.communicate()[1][-3000:]
+    finish(*start("third"))
     trials = study(tmp_path).trials
     assert len(trials) == 6
     assert {trial.state for trial in trials} == {optuna.trial.TrialState.COMPLETE}
     _, parents, jobs = runs_of(tmp_path)
-    assert len(parents) == 3 and len(jobs) == 6
+    assert len(parents) == 3 and {parent.info.status for parent in parents} == {"FINISHED"}
     assert sorted(int(run.data.tags["optuna.trial"]) for run in jobs) == list(range(6))
+    assert Counter(run.data.tags["sweep_id"] for run in jobs) == {p.info.run_id: 2 for p in parents}

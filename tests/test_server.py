@@ -24,11 +24,14 @@ def server(tmp_path: Path) -> Iterator[MlflowServer]:
 
 
 def test_two_job_sweep_against_a_real_tracking_server(tmp_path, server):
-    # Credentials in the URI (this server ignores them) must never be recorded or printed.
+    # Credentials in URIs (this server ignores them; data.dir is set, so data.url is not read)
+    # must never be recorded or printed.
     with_password = server.url.replace("http://", "http://alice:s3cret-token@")
+    data_url = "data.url=https://carol:s3cret-data@example.org/mnist.npz"
     result = sweep(
-        tmp_path, "optimizer=adam,sgd", f"tracking.uri={with_password}", "tracking.log_model=true"
-    )
+        tmp_path, "optimizer=adam,sgd", f"tracking.uri={with_password}", data_url,
+        "tracking.log_model=true",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (tmp_path / "store").exists()  # Nothing went to a local store.
     assert "s3cret" not in result.stdout + result.stderr

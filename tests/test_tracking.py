@@ -49,10 +49,21 @@ def test_local_artifacts_sit_beside_the_database(tmp_path, monkeypatch):
 def test_passwords_in_uris_are_masked_everywhere_they_are_shown():
     import logging
 
-    from src.uris import MaskingFilter, mask_overrides, mask_uri
+    from src.errors import one_line
+    from src.uris import MaskingFilter, mask_overrides, mask_text, without_credentials
 
-    assert mask_uri("http://bob:pw@10.0.0.1:5000/x") == "http://bob:***@10.0.0.1:5000/x"
-    assert mask_uri("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    assert mask_text("http://bob:pw@10.0.0.1:5000/x") == "http://bob:***@10.0.0.1:5000/x"
+    assert mask_text("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    # A password may hold an "@" (urllib reads up to the last one); IPv6 hosts keep brackets.
+    assert mask_text("see http://bob:p@ss@[::1]:5000/x.") == "see http://bob:***@[::1]:5000/x."
+    assert without_credentials("http://bob:p@ss@[::1]:5000/") == "http://[::1]:5000/"
+    assert without_credentials("https://h:8443") == "https://h:8443"
+    # Errors in one line: the first, masked before it is cut; the type's name if none.
+    long_password = "x" * 400
+    error = ConnectionError(f"http://bob:{long_password}@h refused\nsecond line")
+    assert one_line(error) == "http://bob:***@h refused"
+    assert long_password[:20] not in one_line(ConnectionError(f"at http://b:{long_password}@h"), 30)
+    assert one_line(KeyError()) == "KeyError"
     assert mask_overrides(["tracking.uri=https://bob:pw@host", "optimizer=sgd"]) == [
         "tracking.uri=https://bob:***@host",
         "optimizer=sgd",
