@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from src.errors import PipelineError, one_line
+from src.uris import mask_text
 
 NUM_CLASSES = 10
 NPZ_NAME = "mnist.npz"
@@ -162,8 +163,9 @@ def _download(url: str, cache_dir: Path, sha256: str) -> Path:
             os.replace(fetched, target)
     except Exception as error:
         raise DataError(
-            f"could not download MNIST from {url} ({one_line(error)}); without internet, put "
-            f"{_ALL_FILES} in a folder and pass data.dir=FOLDER, or copy {NPZ_NAME} to {target}"
+            f"could not download MNIST from {mask_text(url)} ({one_line(error)}); without "
+            f"internet, put {_ALL_FILES} in a folder and pass data.dir=FOLDER, or copy {NPZ_NAME} "
+            f"to {target}"
         ) from error
     return target
 

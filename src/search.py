@@ -105,7 +105,9 @@ class OptunaSweeper(Sweeper):
         try:
             self._record(study)
         except Exception as error:  # The sweep's own summary follows; this is an extra.
-            print(f"warning: Optuna's summary was not recorded ({error})", file=sys.stderr)
+            print(
+                f"warning: Optuna's summary was not recorded ({one_line(error)})", file=sys.stderr
+            )
 
     def _run(
         self, study: optuna.Study, trials: list[optuna.Trial], fixed: list[str], first_job: int

@@ -27,7 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from src import records, signals
-from src.errors import PipelineError
+from src.errors import PipelineError, one_line
 from src.schema import ConfigError, validate
 from src.uris import mask_overrides, mask_text
 
@@ -160,9 +160,8 @@ class SweepTracker(Callback):
         try:
             tracking.end_run(self._uri, self._parent_run_id, status)
         except Exception as error:  # At exit, report rather than raise.
-            reason = mask_text(str(error))
             print(
-                f"warning: could not close sweep run {self._parent_run_id}: {reason}",
+                f"warning: could not close sweep run {self._parent_run_id}: {one_line(error)}",
                 file=sys.stderr,
             )
 

@@ -376,7 +376,7 @@ class MlflowRun:
         if error is not None:
             trace = "".join(traceback.format_exception(error))
             self._artifact("error/traceback.txt").write_text(trace)
-            reason = f"{type(error).__name__}: {error}"[:5000]
+            reason = mask_text(f"{type(error).__name__}: {error}")[:5000]
             self._set_tags({"error": reason, **getattr(error, "run_tags", {})})
         self._record["status"] = status
         try:
@@ -493,7 +493,8 @@ def register_model(
 
 def replay(folder: Path, uri: str | None = None) -> str | None:
     """Send a run kept in ``folder`` while its store was away into its run, and close it as it
-    ended (``uri``: the store's address now, if it changed). Returns the model's URI."""
+    ended (``uri``: the store's address now, if it changed, or with the password that
+    ``run.json`` keeps masked). Returns the model's URI."""
     import keras
 
     record = json.loads((folder / "run.json").read_text())
@@ -528,9 +529,10 @@ def open_sweep_run(
     uri: str | None, experiment: str, name: str, tags: Mapping[str, str], resume: bool
 ) -> tuple[str, str, bool]:
     """Open a sweep's parent run, or with ``resume`` reopen the newest one with the same
-    ``sweep_fingerprint`` tag if it ended FAILED or KILLED (one still RUNNING is the same
-    sweep running elsewhere: it is not joined). Returns the tracking URI, the parent's id,
-    and whether it was reopened."""
+    ``sweep_fingerprint`` tag if it ended FAILED or KILLED. One still RUNNING is the same sweep
+    running elsewhere, and is not joined (a dead launcher's parent is closed KILLED by
+    ``prepare_store`` on its own host only). Returns the tracking URI, the parent's id, and
+    whether it was reopened."""
     tracking_uri, experiment_id = prepare_store(uri, experiment)
     client = MlflowClient(tracking_uri)
     previous = client.search_runs(

@@ -28,7 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from src import records, signals
-from src.errors import DivergedError, PipelineError, TrialPruned
+from src.errors import DivergedError, PipelineError, TrialPruned, one_line
 from src.schema import ConfigError, LabelEncoding, register_configs, validate
 from src.sweep import RESULT_FILE, SweepContext, config_hash, current_sweep
 from src.uris import mask_overrides, mask_text
@@ -319,7 +319,7 @@ def main(cfg: DictConfig) -> float:
             raise
         # In a sweep (a dry one too) one failed job does not stop the others: its run is
         # already FAILED, the sweep's summary names it, and the command exits 1 at the end.
-        message = f"{type(error).__name__}: {error}".splitlines()[0]
+        message = f"{type(error).__name__}: {one_line(error)}"
         print(f"error: job {HydraConfig.get().job.num} failed: {message}", file=sys.stderr)
         outcome.update(status="failed", error=message)
         metric = math.nan

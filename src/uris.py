@@ -22,10 +22,11 @@ def mask_overrides(overrides: list[str]) -> list[str]:
     return [mask_text(override) for override in overrides]
 
 
-# user:password@ after a scheme, also as Hydra prints overrides (with ":" escaped as "\:"); the
-# password runs to the last "@" before the host, as in urllib.parse (it may hold an "@").
-_CREDENTIALS = re.compile(r"(://[^\s:/@]+\\?:)[^\s/]*@")
-_USER_INFO = re.compile(r"(://)[^\s/]*@")
+# user:password@ after a scheme, also as Hydra prints overrides (with ":" escaped as "\:"). As in
+# urllib.parse, the user info runs to the last "@" before the path, query or fragment, so the
+# user (an e-mail address) and the password may hold an "@"; the user may be empty.
+_CREDENTIALS = re.compile(r'(://[^\s:/?#"]*\\?:)[^\s/?#"\[\]]*@')
+_USER_INFO = re.compile(r'(://)[^\s/?#"\[\]]*@')
 
 
 class MaskingFilter(logging.Filter):

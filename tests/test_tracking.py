@@ -1,5 +1,6 @@
 """The tracking module's helpers: run names, flattened params, where the store lives, and the
-command that creates a store before MLflow's UI or scoring server opens it."""
+command that creates a store before MLflow's UI or scoring server opens it, and which sweep's
+parent run a sweep reopens."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from src import records, tracking
@@ -46,6 +48,25 @@ def test_local_artifacts_sit_beside_the_database(tmp_path, monkeypatch):
     assert location == (tmp_path / "db" / "artifacts" / "my_exp_1").as_uri()
 
 
+@pytest.mark.parametrize(
+    ("earlier_status", "reopened"),
+    [("RUNNING", False), ("FINISHED", False), ("FAILED", True), ("KILLED", True)],
+)
+def test_a_sweep_reopens_its_parent_only_if_it_failed_or_was_killed(
+    tmp_path, earlier_status, reopened
+):
+    # RUNNING: the same sweep started again while it runs (its launcher, this process, lives).
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tags = {"sweep_role": "parent", "sweep_fingerprint": "same-overrides"}
+    _, earlier, _ = tracking.open_sweep_run(uri, "mnist-cnn", "sweep: x", tags, resume=True)
+    if earlier_status != "RUNNING":
+        MlflowClient(uri).set_terminated(earlier, earlier_status)
+    _, parent, resumed = tracking.open_sweep_run(uri, "mnist-cnn", "sweep: x", tags, resume=True)
+    assert resumed is reopened
+    assert (parent == earlier) is reopened
+    assert MlflowClient(uri).get_run(parent).info.status == "RUNNING"
+
+
 def test_passwords_in_uris_are_masked_everywhere_they_are_shown():
     import logging
 
@@ -54,15 +75,23 @@ def test_passwords_in_uris_are_masked_everywhere_they_are_shown():
 
     assert mask_text("http://bob:pw@10.0.0.1:5000/x") == "http://bob:***@10.0.0.1:5000/x"
     assert mask_text("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
-    # A password may hold an "@" (urllib reads up to the last one); IPv6 hosts keep brackets.
+    # As urllib reads them: "@" in a password or a user (an e-mail address), an empty user;
+    # IPv6 hosts keep their brackets; an "@" past the host, or in the next JSON value, is not
+    # user info.
     assert mask_text("see http://bob:p@ss@[::1]:5000/x.") == "see http://bob:***@[::1]:5000/x."
+    assert (
+        mask_text("http://al@x.org:pw@h/ http://:token@h/")
+        == "http://al@x.org:***@h/ http://:***@h/"
+    )
+    assert mask_text('{"a":"http://u:p@h:5","b":"c@d"}') == '{"a":"http://u:***@h:5","b":"c@d"}'
+    assert mask_text("http://h:5000?next=a@b") == "http://h:5000?next=a@b"
     assert without_credentials("http://bob:p@ss@[::1]:5000/") == "http://[::1]:5000/"
-    assert without_credentials("https://h:8443") == "https://h:8443"
+    assert without_credentials("https://h:8443/?next=a@b") == "https://h:8443/?next=a@b"
     # Errors in one line: the first, masked before it is cut; the type's name if none.
     long_password = "x" * 400
     error = ConnectionError(f"http://bob:{long_password}@h refused\nsecond line")
     assert one_line(error) == "http://bob:***@h refused"
-    assert long_password[:20] not in one_line(ConnectionError(f"at http://b:{long_password}@h"), 30)
+    assert one_line(ConnectionError(f"at http://b:{long_password}@h"), 17) == "at http://b:***@h"
     assert one_line(KeyError()) == "KeyError"
     assert mask_overrides(["tracking.uri=https://bob:pw@host", "optimizer=sgd"]) == [
         "tracking.uri=https://bob:***@host",
