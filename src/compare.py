@@ -138,16 +138,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = f"experiment '{args.experiment}'"
     sweep_id, clauses = args.sweep, [args.filter.strip()] if args.filter.strip() else []
     try:
-        if sweep_id == "latest":
-            latest = tracking.find_runs(uri, args.experiment, "tags.sweep_role = 'parent'", 1)
-            if latest.empty:
-                print(f"error: no sweep in {where} at {mask_text(uri)}", file=sys.stderr)
-                return 1
-            sweep_id = latest["run_id"].iloc[0]
-        if sweep_id is not None:
-            where = f"sweep {sweep_id}"
-            clauses.append(f"tags.`{tracking.PARENT_TAG}` = '{sweep_id}'")
-        runs = tracking.find_runs(uri, args.experiment, " and ".join(clauses), args.max_runs)
+        with tracking.few_retries():  # A wrong address fails at once.
+            if sweep_id == "latest":
+                latest = tracking.find_runs(uri, args.experiment, "tags.sweep_role = 'parent'", 1)
+                if latest.empty:
+                    print(f"error: no sweep in {where} at {mask_text(uri)}", file=sys.stderr)
+                    return 1
+                sweep_id = latest["run_id"].iloc[0]
+            if sweep_id is not None:
+                where = f"sweep {sweep_id}"
+                clauses.append(f"tags.`{tracking.PARENT_TAG}` = '{sweep_id}'")
+            runs = tracking.find_runs(uri, args.experiment, " and ".join(clauses), args.max_runs)
     except tracking.TrackingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

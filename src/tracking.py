@@ -49,9 +49,8 @@ try:
 except ImportError:  # Windows has none: a new store's creation is then not serialised.
     fcntl = None  # type: ignore[assignment]
 
-# MLflow's own HTTP retries: a lost server is reported within seconds, not after minutes.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+# MLflow's own HTTP retries (7, over about 4 minutes) ride out a server's restart; a command's
+# first look at its store makes fewer (see few_retries), so that a wrong address fails at once.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 # One run's records sent one batch at a time, in order: MLflow's default pool of 10 threads sends
 # a run's batches at once, and a PostgreSQL store then fails on its latest-metric key (a hung
@@ -72,6 +71,21 @@ UNREACHABLE = (MlflowException, requests.exceptions.RequestException, OSError)
 
 
 # The store.
+
+
+@contextmanager
+def few_retries() -> Iterator[None]:
+    """MLflow's HTTP requests retried twice, within seconds, for the duration (unless the user
+    set MLflow's variables): for a command's first look at its store, where no answer means a
+    wrong address more often than a restart."""
+    few = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    ours = {name: value for name, value in few.items() if name not in os.environ}
+    os.environ.update(ours)
+    try:
+        yield
+    finally:
+        for name in ours:
+            os.environ.pop(name, None)
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -123,14 +137,19 @@ def open_store(uri: str | None) -> MlflowClient:
         raise _store_error(tracking_uri, error) from error
 
 
-def prepare_store(uri: str | None, experiment: str) -> tuple[str, str]:
+def prepare_store(
+    uri: str | None, experiment: str, wait_for_store: bool = False
+) -> tuple[str, str]:
     """Open the store and create the experiment if they do not exist yet, and close the runs
     of processes on this machine that died without closing them. Returns the tracking URI and
-    the experiment id; a store that cannot be used raises TrackingError."""
+    the experiment id; a store that cannot be used raises TrackingError, within seconds unless
+    ``wait_for_store`` (a sweep's job, whose launcher has reached the store: no answer is then
+    a restart, waited out with MLflow's retries)."""
     client = open_store(uri)
     try:
-        experiment_id = _experiment_id(client, experiment, sqlite_path(client.tracking_uri))
-        _close_runs_of_dead_processes(client)
+        with contextlib.nullcontext() if wait_for_store else few_retries():
+            experiment_id = _experiment_id(client, experiment, sqlite_path(client.tracking_uri))
+            _close_runs_of_dead_processes(client)
     except UNREACHABLE as error:
         raise _store_error(client.tracking_uri, error) from error
     return client.tracking_uri, experiment_id
@@ -277,11 +296,12 @@ def start_run(
     tags: Mapping[str, str],
     output_dir: Path,
     system_metrics: bool = True,
+    wait_for_store: bool = False,
 ) -> Iterator[MlflowRun]:
     """Open one job's run and close it with the status it earned: FINISHED, FAILED if the job
     raised, KILLED on an interrupt. ``system_metrics``: MLflow samples the process's CPU and
-    memory use while the run is open."""
-    tracking_uri, experiment_id = prepare_store(uri, experiment)
+    memory use while the run is open. ``wait_for_store``: see ``prepare_store``."""
+    tracking_uri, experiment_id = prepare_store(uri, experiment, wait_for_store)
     mlflow.set_tracking_uri(tracking_uri)
     try:
         opened = mlflow.start_run(
@@ -386,8 +406,8 @@ class MlflowRun:
             mlflow.end_run(status)
         except BaseException as late:  # A lost store, a second Ctrl-C, a model not logged.
             lost = isinstance(late, UNREACHABLE)
-            with contextlib.suppress(*UNREACHABLE):  # MLflow forgets the run even if it fails.
-                mlflow.end_run(status if lost else _status_of(late))
+            with contextlib.suppress(*UNREACHABLE), few_retries():  # MLflow forgets the run
+                mlflow.end_run(status if lost else _status_of(late))  # even if this fails.
             if not lost:
                 raise
             self._keep_offline(late)
@@ -508,7 +528,7 @@ def replay(folder: Path, uri: str | None = None) -> str | None:
     tags = [RunTag(key, value) for key, value in record["tags"].items()]
     model_file = folder / "model.keras"
     model = keras.saving.load_model(model_file, safe_mode=True) if model_file.exists() else None
-    with mlflow.start_run(record["run_id"]):  # Running again, whatever it was marked meanwhile.
+    with few_retries(), mlflow.start_run(record["run_id"]):  # RUNNING again, whatever it was.
         client = MlflowClient()
         client.log_batch(record["run_id"], metrics=metrics, params=params, tags=tags)
         if "error" not in record["tags"]:  # Perhaps set meanwhile by the dead-process check.

@@ -137,6 +137,7 @@ def _open_run(
         tags,
         _output_dir(),
         system_metrics=cfg.tracking.system_metrics,
+        wait_for_store=sweep is not None,
     )
 
 

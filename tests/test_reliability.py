@@ -4,6 +4,7 @@ many parallel writers into one SQLite store."""
 from __future__ import annotations
 
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 
 def start_training(
-    tmp_path: Path, *overrides: str, multirun: bool = False
+    tmp_path: Path, *overrides: str, multirun: bool = False, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
@@ -38,6 +39,7 @@ def start_training(
             *overrides,
         ],
         cwd=tmp_path,
+        env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -132,7 +134,12 @@ def test_a_dead_tracking_server_loses_nothing(tmp_path):
     server = MlflowServer(tmp_path / "server").start()
     try:
         process = start_training(
-            tmp_path, "trainer.epochs=6", f"tracking.uri={server.url}", "data.limit=1000"
+            tmp_path,
+            "trainer.epochs=6",
+            f"tracking.uri={server.url}",
+            "data.limit=1000",
+            # The user's own setting is kept: MLflow's default 7 would wait ~4 minutes here.
+            env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"},
         )
         client = MlflowClient(server.url)
         run_id = wait_for_epoch(client, process, 1)
@@ -162,6 +169,38 @@ def test_a_dead_tracking_server_loses_nothing(tmp_path):
         paths = {item.path for item in client.list_artifacts(run_id, "evaluation")}
         assert "evaluation/confusion_matrix.csv" in paths
         assert not kept.exists() and kept.with_name(f"{kept.name}.sent").exists()
+    finally:
+        server.stop()
+
+
+def test_a_sweep_waits_out_a_restart_of_its_server(tmp_path):
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        process = start_training(
+            tmp_path,
+            f"tracking.uri={server.url}",
+            "tracking.log_model=false",
+            "data.limit=1000",
+            "trainer.epochs=3",
+            "trainer.seed=1,2",
+            multirun=True,
+        )
+        client = MlflowClient(server.url)
+        wait_for_epoch(client, process, 1)
+        server.stop()
+        # Down for longer than a command's first look at its store would wait: job 0 closes
+        # its run and job 1 opens its own meanwhile, and both wait for the server.
+        time.sleep(20)
+        server = MlflowServer(tmp_path / "server", port=server.port).start()
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+        assert "stopped answering" not in stderr
+        experiment = client.get_experiment_by_name("mnist-cnn").experiment_id
+        runs = client.search_runs([experiment])
+        [parent] = [run for run in runs if run.data.tags.get("sweep_role") == "parent"]
+        jobs = [run for run in runs if run.data.tags.get("sweep_role") != "parent"]
+        assert parent.info.status == "FINISHED" and len(jobs) == 2
+        assert_every_record(client, jobs, epochs=3)
     finally:
         server.stop()
 
