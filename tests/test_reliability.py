@@ -135,7 +135,7 @@ def test_a_dead_tracking_server_loses_nothing(tmp_path):
     try:
         process = start_training(
             tmp_path,
-            "trainer.epochs=6",
+            "trainer.epochs=15",  # Time for the kill to land before the run ends.
             f"tracking.uri={server.url}",
             "data.limit=1000",
             # The user's own setting is kept: MLflow's default 7 would wait ~4 minutes here.
@@ -163,7 +163,7 @@ def test_a_dead_tracking_server_loses_nothing(tmp_path):
         assert run.info.status == "FINISHED"
         for name in ("loss", "val_accuracy", "epoch_seconds"):
             steps = sorted(m.step for m in client.get_metric_history(run_id, name))
-            assert steps == [1, 2, 3, 4, 5, 6], name
+            assert steps == list(range(1, 16)), name
         assert "test_accuracy" in run.data.metrics
         assert run.data.tags["model_uri"].startswith("models:/")
         paths = {item.path for item in client.list_artifacts(run_id, "evaluation")}
@@ -188,8 +188,8 @@ def test_a_sweep_waits_out_a_restart_of_its_server(tmp_path):
         client = MlflowClient(server.url)
         wait_for_epoch(client, process, 1)
         server.stop()
-        # Down for longer than a command's first look at its store would wait: job 0 closes
-        # its run and job 1 opens its own meanwhile, and both wait for the server.
+        # Down for longer than a command's first look at its store would wait: job 0 closes its
+        # run meanwhile, and waits for the server.
         time.sleep(20)
         server = MlflowServer(tmp_path / "server", port=server.port).start()
         _, stderr = process.communicate(timeout=600)
@@ -201,6 +201,32 @@ def test_a_sweep_waits_out_a_restart_of_its_server(tmp_path):
         jobs = [run for run in runs if run.data.tags.get("sweep_role") != "parent"]
         assert parent.info.status == "FINISHED" and len(jobs) == 2
         assert_every_record(client, jobs, epochs=3)
+    finally:
+        server.stop()
+
+
+def test_a_sweeps_job_waits_for_its_store_where_a_command_fails_at_once(tmp_path):
+    server = MlflowServer(tmp_path / "server")  # Not started yet.
+    code = (
+        "import sys\nfrom src import tracking\n"
+        "try:\n    tracking.prepare_store(sys.argv[1], 'mnist-cnn', sys.argv[2] == 'job')\n"
+        "except tracking.TrackingError as error:\n    sys.exit(f'error: {error}')"
+    )
+
+    def open_store(who: str) -> subprocess.Popen[str]:
+        command = [sys.executable, "-c", code, server.url, who]
+        return subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+
+    job, command = open_store("job"), open_store("command")
+    _, stderr = command.communicate(timeout=120)
+    assert command.returncode == 1
+    assert "no tracking server answers there" in stderr.strip().splitlines()[-1]
+    assert job.poll() is None  # Still waiting for the server.
+    server.start()
+    try:
+        _, stderr = job.communicate(timeout=300)
+        assert job.returncode == 0, stderr[-3000:]
+        assert MlflowClient(server.url).get_experiment_by_name("mnist-cnn") is not None
     finally:
         server.stop()
 

@@ -142,7 +142,7 @@ def test_two_sweeps_share_one_study_at_once_and_a_third_resumes_it(tmp_path):
         command = [
             sys.executable, "-m", "src.train", "-m", "hparams_search=optuna",
             f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}",
-            "hydra.sweeper.n_trials=2", "hydra/sweeper/pruner=none",
+            "hydra.sweeper.n_trials=2", "hydra/sweeper/pruner=none", "trainer.epochs=3",
             f"data.dir={FIXTURE_DIR}", "data.limit=400", "trainer.verbose=0",
             "tracking.log_model=false", f"tracking.uri=sqlite:///{tmp_path / 'store/mlflow.db'}",
             f"hydra.sweep.dir={tmp_path / name}",

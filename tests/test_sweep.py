@@ -173,7 +173,8 @@ def test_compare_prints_the_best_first_and_logs_to_the_sweep(tmp_path):
     assert result.returncode == 0, result.stderr
     _, [_parent], jobs = runs_of(tmp_path)
     lines = result.stdout.splitlines()
-    best = max(jobs, key=lambda run: run.data.metrics["val_accuracy"])
+    # Of tied jobs the one started first ranks first.
+    best = min(jobs, key=lambda run: (-run.data.metrics["val_accuracy"], run.info.start_time))
     first_row = next(line for line in lines if line.startswith("1 "))
     assert best.info.run_id in first_row and best.data.params["optimizer.name"] in first_row
     header = next(line for line in lines if line.startswith("rank"))
