@@ -218,16 +218,17 @@ def test_a_sweeps_job_waits_for_its_store_where_a_command_fails_at_once(tmp_path
         return subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
 
     job, command = open_store("job"), open_store("command")
-    _, stderr = command.communicate(timeout=120)
-    assert command.returncode == 1
-    assert "no tracking server answers there" in stderr.strip().splitlines()[-1]
-    assert job.poll() is None  # Still waiting for the server.
-    server.start()
     try:
+        _, stderr = command.communicate(timeout=120)
+        assert command.returncode == 1
+        assert "no tracking server answers there" in stderr.strip().splitlines()[-1]
+        assert job.poll() is None  # Still waiting for the server.
+        server.start()
         _, stderr = job.communicate(timeout=300)
         assert job.returncode == 0, stderr[-3000:]
         assert MlflowClient(server.url).get_experiment_by_name("mnist-cnn") is not None
     finally:
+        job.kill()  # Only if a failed check left it waiting.
         server.stop()
 
 
