@@ -477,7 +477,7 @@ def _signature(model: keras.Model) -> ModelSignature:
 def _param_value(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return ",".join(str(item) for item in value)
-    if isinstance(value, str) and "://" in value:
+    if isinstance(value, str):
         return mask_text(value)
     return "null" if value is None else value
 
