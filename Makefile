@@ -13,26 +13,36 @@ STORE ?= mlruns
 SERVER_DIR ?= .server
 AUTH ?= 0
 ALLOWED_HOSTS ?=
+# Keras's backend for `make train` (and GPU=1's CUDA build): tensorflow or jax. Both are installed.
+BACKEND ?= tensorflow
+GPU ?=
+ifeq ($(filter tensorflow jax,$(BACKEND)),)
+$(error BACKEND=$(BACKEND) is not offered: use BACKEND=tensorflow or BACKEND=jax)
+endif
+comma := ,
+EXTRAS := dev$(if $(GPU),$(comma)cuda-$(BACKEND))
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-slow test-full test-browser test-cluster bench lint format \
+.PHONY: help install train test test-slow test-full test-browser test-cluster bench bench-gpu lint format \
 	typecheck check ui serve server server-stop migrate slurm-up slurm-down clean
 
 help: ## List every target
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "Variables: DATA_DIR=$(DATA_DIR) ARGS='overrides' HOST=$(HOST) PORT=$(PORT)"
 
-install: $(VENV)/.installed ## Create the virtualenv and install the project with its dev tools
+INSTALLED := $(VENV)/.installed$(if $(GPU),-cuda-$(BACKEND))
+install: $(INSTALLED) ## Create the virtualenv, install the project, both backends, dev tools (GPU=1: CUDA for BACKEND)
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# compat: the project's folder on sys.path, where Hydra's plugin scan finds hydra_plugins/
-	$(BIN)/python -m pip install --quiet -c constraints.txt --config-settings editable_mode=compat -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt --config-settings editable_mode=compat -e '.[$(EXTRAS)]'
 	touch $@
 
-train: install ## Train with the defaults (add overrides with ARGS='optimizer=sgd ...')
-	$(BIN)/python -m src.train $(if $(DATA_DIR),data.dir=$(DATA_DIR)) $(ARGS)
+train: install ## Train with the defaults (add overrides with ARGS='optimizer=sgd ...', BACKEND=jax)
+	$(BIN)/python -m src.train $(if $(filter command line,$(origin BACKEND)),backend=$(BACKEND)) \
+		$(if $(DATA_DIR),data.dir=$(DATA_DIR)) $(ARGS)
 
 TEST_WORKERS ?= 2
 test: install ## Run the test suite (fixture data, temporary stores; no network) on TEST_WORKERS workers
@@ -57,6 +67,13 @@ REFERENCE ?= ../shared/anchors/seed_keras.py
 bench: install ## Benchmarks side by side with the plain program (DATA_DIR, REFERENCE); not part of test
 	@test -n "$(DATA_DIR)" || { echo "error: set DATA_DIR=folder with the full MNIST files" >&2; exit 2; }
 	$(BIN)/python benchmarks/bench.py --data-dir $(DATA_DIR) --reference $(REFERENCE) $(BENCH_ARGS)
+
+# bench-gpu runs with PYTHON if given on the command line (an interpreter with the project's
+# dependencies, made without make install), else with the project's environment.
+BENCH_PYTHON = $(if $(filter command line,$(origin PYTHON)),$(PYTHON),$(BIN)/python)
+bench-gpu: $(if $(filter command line,$(origin PYTHON)),,install) ## On a CUDA machine: each backend's default and fast runs, tracked and dry, and the plain program (PYTHON=, DATA_DIR)
+	@test -n "$(DATA_DIR)" || { echo "error: set DATA_DIR=folder with the full MNIST files" >&2; exit 2; }
+	$(BENCH_PYTHON) benchmarks/gpu.py --data-dir $(DATA_DIR) $(BENCH_ARGS)
 
 lint: install ## Check style with ruff
 	$(BIN)/ruff check src hydra_plugins tests benchmarks

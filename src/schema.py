@@ -21,6 +21,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from src.backend import DEVICES, OFFERED
 from src.errors import PipelineError
 from src.uris import mask_text
 
@@ -39,6 +40,11 @@ class LabelEncoding(str, Enum):
 
 
 # The type of every setting; the YAML in conf/ says what each one means.
+
+
+@dataclass
+class BackendConfig:
+    name: str = MISSING
 
 
 @dataclass
@@ -102,6 +108,7 @@ class TrainerConfig:
     seed: int = MISSING
     verbose: int = 1
     steps_per_execution: int = 1
+    device: str = "auto"
 
 
 @dataclass
@@ -123,6 +130,7 @@ class SweepConfig:
 
 @dataclass
 class TrainConfig:
+    backend: BackendConfig = MISSING
     optimizer: OptimizerConfig = MISSING
     loss: LossConfig = MISSING
     model: ModelConfig = MISSING
@@ -182,6 +190,8 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("trainer.seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
     ("trainer.verbose", lambda v: v in (0, 1, 2), "0, 1 or 2"),
     ("trainer.steps_per_execution", lambda v: v >= 1, "an integer >= 1"),
+    ("trainer.device", lambda v: v in DEVICES, "auto, cpu or gpu"),
+    ("backend.name", lambda v: v in OFFERED, "tensorflow or jax (PyTorch is not offered)"),
     ("schedule.warmup_fraction", lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
     ("schedule.start_fraction", lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
     ("tracking.experiment", lambda v: bool(v.strip()), "a non-empty name"),

@@ -105,6 +105,7 @@ class SweepTracker(Callback):
         signals.install()
         # The settings shared by every job are checked before anything is recorded.
         validate(OmegaConf.masked_copy(config, [str(key) for key in config if key != "hydra"]))
+        _refuse_backends_in_one_process(config)
         sweep_file = Path(config.hydra.sweep.dir) / SWEEP_FILE
         sweep_file.unlink(missing_ok=True)  # An earlier sweep's, in a sweep folder used again.
         if not config.tracking.enabled:
@@ -164,6 +165,26 @@ class SweepTracker(Callback):
                 f"warning: could not close sweep run {self._parent_run_id}: {one_line(error)}",
                 file=sys.stderr,
             )
+
+
+# The launchers that start every job in a process of its own: only they can sweep over Keras's
+# backend, which cannot change inside one process (joblib's workers each run several jobs).
+_PROCESS_PER_JOB = ("LocalLauncher", "SlurmLauncher")
+
+
+def _refuse_backends_in_one_process(config: DictConfig) -> None:
+    """A sweep over ``backend`` needs a launcher that starts a process per job."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    swept = any(o.key_or_group == "backend" and o.is_sweep_override() for o in overrides)
+    searched = "backend" in (OmegaConf.select(config, "hydra.sweeper.params") or {})
+    launcher = str(config.hydra.launcher._target_).rsplit(".", 1)[-1]
+    if (swept or searched) and launcher not in _PROCESS_PER_JOB:
+        raise ConfigError(
+            f"a sweep over backend needs a process per job, and the {launcher} runs several "
+            "jobs in one process: add hydra/launcher=local_jobs (or hydra/launcher=slurm)"
+        )
 
 
 def _counts(results: list[dict[str, Any]]) -> dict[str, int]:

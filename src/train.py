@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from src import records, signals
+from src import backend, records, signals
 from src.errors import DivergedError, PipelineError, TrialPruned, one_line
 from src.schema import ConfigError, LabelEncoding, register_configs, validate
 from src.sweep import RESULT_FILE, SweepContext, config_hash, current_sweep
@@ -46,6 +46,7 @@ class TrainResult:
     run_id: str | None  # None for a dry run (tracking.enabled=false)
     model_uri: str | None
     metrics: dict[str, float] = field(default_factory=dict)
+    device: str | None = None  # where it trained (the run's tag ``device``)
     reused: bool = False  # True: an interrupted sweep's finished run, not trained again
 
 
@@ -64,18 +65,26 @@ def train(
             return reused
 
     # Load: the data is read and checked before anything is recorded.
-    from src import data, quiet
+    from src import data
 
-    quiet.import_keras()
+    backend.import_keras(cfg.backend.name, cfg.trainer.device)
+    device = backend.training_device(cfg.trainer.device)
     raw = data.load_mnist(
         cfg.data.dir, cfg.data.cache_dir, cfg.data.url, cfg.data.sha256, cfg.data.verify
     )
     one_hot = LabelEncoding(cfg.loss.label_encoding) is LabelEncoding.one_hot
-    splits = data.prepare(raw, cfg.data.val_fraction, cfg.trainer.seed, one_hot, cfg.data.limit)
+    splits = data.prepare(
+        raw,
+        cfg.data.val_fraction,
+        cfg.trainer.seed,
+        one_hot,
+        cfg.data.limit,
+        cfg.trainer.batch_size,
+    )
 
     model, loss = _build_and_compile(cfg, len(splits.x_train))
     with _open_run(cfg, overrides, sweep, fingerprint) as run:
-        run.log_setup(*_setup_records(cfg, overrides, model, raw, splits))
+        run.log_setup(*_setup_records(cfg, overrides, model, raw, splits, device))
         history, fit_seconds = _fit(cfg, model, splits, run)
         metrics, predicted = _evaluate(model, loss, splits)
         samples = len(splits.x_train) * cfg.trainer.epochs
@@ -85,7 +94,7 @@ def train(
         run.log_results(splits.x_test, splits.test_labels, predicted, history, kept_model)
 
     metrics.update({name: values[-1] for name, values in history.items()})
-    result = TrainResult(run_id=run.run_id, model_uri=run.model_uri, metrics=metrics)
+    result = TrainResult(run.run_id, run.model_uri, metrics, device)
     _print_summary(cfg, result)
     if cfg.tracking.register and result.model_uri and sweep is None:  # A sweep registers its best.
         _register(cfg, result.model_uri, metrics[cfg.optimized_metric])
@@ -142,14 +151,22 @@ def _open_run(
 
 
 def _setup_records(
-    cfg: DictConfig, overrides: list[str], model: keras.Model, raw: RawMnist, splits: Splits
+    cfg: DictConfig,
+    overrides: list[str],
+    model: keras.Model,
+    raw: RawMnist,
+    splits: Splits,
+    device: str,
 ) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
-    """What a run records before training: the resolved config as params (passwords masked),
-    the dataset as tags, and the config, the overrides and the model's summary as files."""
+    """What a run records before training: the resolved config, Keras's backend and versions
+    as params (passwords masked), the device and the dataset as tags, and the config, the
+    overrides and the model's summary as files."""
     settings = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
-    params = {**records.flatten(settings), "model.parameter_count": model.count_params()}
+    params = {**records.flatten(settings), **backend.versions()}
+    params["model.parameter_count"] = model.count_params()
     sizes = (len(splits.x_train), len(splits.x_val), len(splits.x_test))
     tags = {
+        "device": device,
         "dataset.name": "mnist",
         "dataset.source": raw.source,
         "dataset.sha256": raw.sha256,
@@ -169,8 +186,11 @@ def _fit(
     cfg: DictConfig, model: keras.Model, splits: Splits, run: records.Recorder
 ) -> tuple[dict[str, list[float]], float]:
     """``model.fit`` as in the tutorial, recording every epoch as it ends (with ``step`` the
-    epoch number, from 1) and stopping at the first loss that is not a finite number.
-    Returns Keras's per-epoch history and the seconds fit took."""
+    epoch number, from 1) and stopping after the first epoch whose loss is not a finite
+    number. Returns Keras's per-epoch history and the seconds fit took.
+
+    No callback looks at single batches (Keras's TerminateOnNaN does): one that does makes
+    Keras wait for every batch to finish before it starts the next."""
     import keras
 
     epoch_started: dict[int, float] = {}
@@ -180,12 +200,13 @@ def _fit(
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
         logs["epoch_seconds"] = time.perf_counter() - epoch_started[epoch]
         run.log_metrics(logs, step=epoch + 1)
+        model.stop_training = model.stop_training or not math.isfinite(logs["loss"])
 
     epochs = keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda epoch, logs: epoch_started.setdefault(epoch, time.perf_counter()),
         on_epoch_end=record_epoch,
     )
-    callbacks = [keras.callbacks.TerminateOnNaN(), epochs]
+    callbacks = [epochs]
     pruning = None
     if cfg.sweep.trial is not None:  # An Optuna trial: the study's pruner may stop it.
         from src import search
@@ -212,11 +233,13 @@ def _fit(
 
 def _evaluate(model: keras.Model, loss: Any, splits: Splits) -> tuple[dict[str, float], Any]:
     """Test loss and accuracy from one forward pass over the test set (in large batches: it
-    has no training-time behaviour to preserve); and the predicted digits."""
+    has no training-time behaviour to preserve; 1,000 divides MNIST's 10,000 test images, so
+    that Keras compiles one predict step, not a second for a smaller last batch); and the
+    predicted digits."""
     import keras
     import numpy as np
 
-    probabilities = model.predict(splits.x_test, batch_size=512, verbose=0)
+    probabilities = model.predict(splits.x_test, batch_size=1000, verbose=0)
     predicted = probabilities.argmax(axis=1)
     metrics = {
         "test_loss": float(keras.ops.convert_to_numpy(loss(splits.y_test, probabilities))),
@@ -236,7 +259,8 @@ def _reuse_finished_job(
         return None
     run_id = done.info.run_id
     print(f"Job {sweep.job_number}: reusing finished run {run_id} (sweep.rerun=true trains again)")
-    return TrainResult(run_id, done.data.tags.get("model_uri"), done.data.metrics, reused=True)
+    tags = done.data.tags
+    return TrainResult(run_id, tags.get("model_uri"), done.data.metrics, tags.get("device"), True)
 
 
 def _register(cfg: DictConfig, model_uri: str, value: float) -> None:
@@ -281,7 +305,8 @@ def _print_summary(cfg: DictConfig, result: TrainResult) -> None:
     )
     print(
         f"\nTest accuracy {metrics['test_accuracy']:.4f} (loss {metrics['test_loss']:.4f}) "
-        f"after {epochs} epoch{'s' if epochs != 1 else ''}{validation}.\n{where}"
+        f"after {epochs} epoch{'s' if epochs != 1 else ''}{validation}.\n"
+        f"Trained with Keras on {cfg.backend.name}, on {result.device}.\n{where}"
     )
 
 
@@ -335,6 +360,11 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     from src import usage
 
+    try:
+        backend.check_environment()
+    except backend.BackendError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     if usage.wants_help(sys.argv[1:]):
         sys.exit(usage.print_help(sys.argv[1:]))
     main()

@@ -94,6 +94,27 @@ def test_no_validation_fraction_trains_on_every_image():
     assert sorted(splits.y_train.tolist()) == sorted(raw.train_labels.tolist())
 
 
+@pytest.mark.parametrize(
+    ("val_fraction", "batch_size", "train", "val"),
+    [(0.1, 32, 1792, 208), (0.1, 96, 1728, 272), (0.1, 1, 1800, 200), (0.1, 4096, 1800, 200)],
+)
+def test_the_hold_out_is_rounded_up_so_training_fills_whole_batches(
+    val_fraction, batch_size, train, val
+):
+    raw = load(FIXTURE_DIR)
+    splits = data.prepare(raw, val_fraction, seed=0, one_hot=False, batch_size=batch_size)
+    assert (len(splits.x_train), len(splits.x_val)) == (train, val)
+    # The images held out at batch size 1 are held out at every batch size: the first of the
+    # same seeded order, so that runs of other batch sizes are validated on the same images.
+    exact = data.prepare(raw, val_fraction, seed=0, one_hot=False)
+    np.testing.assert_array_equal(splits.x_val[:200], exact.x_val)
+
+
+def test_without_validation_every_training_image_is_kept():
+    splits = data.prepare(load(FIXTURE_DIR), val_fraction=0, seed=0, one_hot=False, batch_size=32)
+    assert len(splits.x_train) == 2000  # Nowhere to move the last 16 images: all are trained on.
+
+
 def test_one_hot_labels_follow_the_categorical_loss():
     raw = load(FIXTURE_DIR)
     sparse = data.prepare(raw, val_fraction=0.1, seed=3, one_hot=False)

@@ -103,7 +103,7 @@ def test_an_interrupted_sweep_ends_killed_parent_and_job(tmp_path):
     assert [run.info.status for run in jobs] == ["KILLED"]
 
 
-def test_a_diverging_run_stops_at_once_and_fails(tiny_config, store_uri):
+def test_a_diverging_run_stops_after_its_epoch_and_fails(tiny_config, store_uri):
     cfg = tiny_config("optimizer=sgd", "optimizer.learning_rate=1e12", "trainer.epochs=5")
     with pytest.raises(DivergedError, match=r"training diverged: .* in epoch 1; lower"):
         train(cfg)
@@ -112,7 +112,7 @@ def test_a_diverging_run_stops_at_once_and_fails(tiny_config, store_uri):
     assert run.info.status == "FAILED"
     assert run.data.tags["diverged"] == "true"
     assert run.data.tags["diverged_epoch"] == "1"
-    # Keras stopped training in epoch 1, whose (non-finite) loss is recorded as it was.
+    # Training stopped after epoch 1, whose (non-finite) loss is recorded as it was.
     [loss] = client.get_metric_history(run.info.run_id, "loss")
     assert loss.step == 1 and not math.isfinite(loss.value)
 
