@@ -233,13 +233,11 @@ def _fit(
 
 def _evaluate(model: keras.Model, loss: Any, splits: Splits) -> tuple[dict[str, float], Any]:
     """Test loss and accuracy from one forward pass over the test set (in large batches: it
-    has no training-time behaviour to preserve; 1,000 divides MNIST's 10,000 test images, so
-    that Keras compiles one predict step, not a second for a smaller last batch); and the
-    predicted digits."""
+    has no training-time behaviour to preserve); and the predicted digits."""
     import keras
     import numpy as np
 
-    probabilities = model.predict(splits.x_test, batch_size=1000, verbose=0)
+    probabilities = model.predict(splits.x_test, batch_size=512, verbose=0)
     predicted = probabilities.argmax(axis=1)
     metrics = {
         "test_loss": float(keras.ops.convert_to_numpy(loss(splits.y_test, probabilities))),
