@@ -42,7 +42,9 @@ def run(command: list[str], env: dict[str, str]) -> tuple[float, str]:
     return seconds, done.stdout
 
 
-def pipeline(args: argparse.Namespace, work: Path, backend: str, tracked: bool, extra: list[str]):
+def pipeline(
+    args: argparse.Namespace, work: Path, backend: str, tracked: bool, extra: list[str]
+) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(dir=work))
     command = [
         sys.executable,

@@ -17,7 +17,6 @@ import platform
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 from src.errors import PipelineError
 
@@ -48,7 +47,7 @@ def check_environment() -> None:
         )
 
 
-def import_keras(backend: str, device: str) -> ModuleType:
+def import_keras(backend: str, device: str) -> None:
     """Import Keras on ``backend``, kept off the GPUs if ``device`` is ``cpu``. Raises
     BackendError if this process already imported Keras on another backend."""
     if "keras" in sys.modules:
@@ -60,7 +59,7 @@ def import_keras(backend: str, device: str) -> ModuleType:
                 f"{keras.backend.backend()}, and Keras's backend cannot change inside one "
                 "process; sweep over backends with hydra/launcher=local_jobs (or slurm)"
             )
-        return keras
+        return
     os.environ["KERAS_BACKEND"] = backend
     if device == "cpu":
         variable, value = _CPU_ONLY[backend]
@@ -68,7 +67,6 @@ def import_keras(backend: str, device: str) -> ModuleType:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with _quiet_start_up():
         import keras
-    return keras
 
 
 @contextlib.contextmanager

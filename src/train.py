@@ -258,7 +258,8 @@ def _reuse_finished_job(
     run_id = done.info.run_id
     print(f"Job {sweep.job_number}: reusing finished run {run_id} (sweep.rerun=true trains again)")
     tags = done.data.tags
-    return TrainResult(run_id, tags.get("model_uri"), done.data.metrics, tags.get("device"), True)
+    model_uri, device = tags.get("model_uri"), tags.get("device")
+    return TrainResult(run_id, model_uri, done.data.metrics, device, reused=True)
 
 
 def _register(cfg: DictConfig, model_uri: str, value: float) -> None:
