@@ -76,10 +76,13 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_process(command: Sequence[str], cwd: Path) -> tuple[float, float, float, str]:
-    """Run a command; return its wall seconds, the peak resident memory (MB) of its process
-    tree (sampled every 0.1 s), the CPU seconds of that tree, and its stdout."""
-    env = dict(os.environ)
+def run_process(
+    command: Sequence[str], cwd: Path, env: dict[str, str] | None = None
+) -> tuple[float, float, float, str]:
+    """Run a command (with ``env`` added to the environment); return its wall seconds, the peak
+    resident memory (MB) of its process tree (sampled every 0.1 s), the CPU seconds of that
+    tree, and its stdout."""
+    env = {**os.environ, **(env or {})}
     cpu_before = children_cpu_seconds()
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -112,11 +115,13 @@ class Bench:
         self.work = work
         self.store = f"sqlite:///{work / 'store' / 'mlflow.db'}"
         self.counter = 0
+        self.result: dict[str, Any] = {}  # the last pipeline run's result.json
+        self.printed = ""  # and its standard output
 
-    def pipeline(self, *overrides: str) -> Sample:
+    def pipeline(self, *overrides: str, env: dict[str, str] | None = None) -> Sample:
         self.counter += 1
         job_dir = self.work / f"job{self.counter}"
-        wall, rss, cpu, _ = run_process(
+        wall, rss, cpu, self.printed = run_process(
             [
                 PYTHON,
                 "-m",
@@ -128,8 +133,10 @@ class Bench:
                 *overrides,
             ],
             cwd=ROOT,
+            env=env,
         )
-        result = json.loads((job_dir / "result.json").read_text())["metrics"]
+        self.result = json.loads((job_dir / "result.json").read_text())
+        result = self.result["metrics"]
         return Sample(
             wall,
             rss,
@@ -138,6 +145,22 @@ class Bench:
             result["train_samples_per_second"],
             result["test_accuracy"],
         )
+
+    def sweep_job(self, *overrides: str) -> Sample:
+        """A one-job sweep whose job runs in a process of its own (local_jobs): that job's
+        process as its ``result.json`` gives it (CPU seconds from its start, seconds from its
+        config to its run closed), so that it compares with a single run's."""
+        self.counter += 1
+        sweep_dir = self.work / f"sweep{self.counter}"
+        run_process(
+            [
+                PYTHON, "-m", "src.train", "-m", "hydra/launcher=local_jobs",
+                f"data.dir={self.args.data_dir}", f"tracking.uri={self.store}",
+                f"hydra.sweep.dir={sweep_dir}", "trainer.verbose=0", *overrides,
+            ],
+            cwd=ROOT,
+        )  # fmt: skip
+        return _job_process(json.loads((sweep_dir / "0" / "result.json").read_text()))
 
     def reference(self, *arguments: str) -> Sample:
         wall, rss, cpu, stdout = run_process(
@@ -148,6 +171,12 @@ class Bench:
         return Sample(
             wall, rss, cpu, result["fit_s"], result["samples_per_s"], result["test_accuracy"]
         )
+
+
+def _job_process(result: dict[str, Any]) -> Sample:
+    """A job's process as its ``result.json`` gives it: wall seconds from its config to its run
+    closed, CPU seconds from its start to then."""
+    return Sample(result["job_seconds"], 0.0, result["process_cpu_seconds"])
 
 
 def alternate(repeats: int, sides: dict[str, Callable[[], Sample]]) -> list[Side]:
@@ -171,6 +200,12 @@ def alternate(repeats: int, sides: dict[str, Callable[[], Sample]]) -> list[Side
                 flush=True,
             )
     return results
+
+
+def paired(a: Side, b: Side, attribute: str) -> float:
+    """The median of the round-by-round differences a - b."""
+    pairs = zip(a.samples, b.samples, strict=True)
+    return statistics.median(getattr(x, attribute) - getattr(y, attribute) for x, y in pairs)
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -460,12 +495,105 @@ def _bench_slurm(bench: Bench, repeats: int) -> list[dict[str, Any]]:
     ]
 
 
+FIXED_IMAGES = 600  # so few that training is a small part of the run
+
+
+def bench_fixed_cost(bench: Bench, repeats: int) -> list[dict[str, Any]]:
+    """11-14: what a run pays besides training, where training is almost nothing: tracking (a
+    tracked run against a dry one), the pipeline without tracking against the plain program, a
+    sweep's job in its own process against a single run, and JAX's second run of a config
+    against its first (seconds to the first finished batch: a training set of one batch)."""
+    repeats = bench.args.fixed_rounds
+    limit = f"data.limit={FIXED_IMAGES}"
+    print(f"Fixed cost, {FIXED_IMAGES} training images (tracked, dry, plain):", flush=True)
+    tracked, dry, plain = alternate(
+        repeats,
+        {
+            "tracked run (600 images)": lambda: bench.pipeline(limit),
+            "dry run (600 images)": lambda: bench.pipeline(limit, "tracking.enabled=false"),
+            "plain program (600 images)": lambda: bench.reference("--limit", str(FIXED_IMAGES)),
+        },
+    )
+    print("A sweep's job in its own process (local_jobs) against a single run:", flush=True)
+    job, single = alternate(
+        repeats,
+        {
+            "sweep job, own process": lambda: bench.sweep_job(limit),
+            "single run": lambda: (bench.pipeline(limit), _job_process(bench.result))[1],
+        },
+    )
+    print("JAX, one batch, the first run of a config against the second:", flush=True)
+    first, second = Side("JAX first run (new cache)"), Side("JAX second run")
+    misses = []
+    for round_number in range(1, repeats + 1):
+        cache = bench.work / f"jax-cache{round_number}"  # New and empty: the first run's.
+        env = {"JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_EXPLAIN_CACHE_MISSES": "1"}
+        one_batch = (
+            "backend=jax",
+            "data.limit=32",
+            "data.val_fraction=0",
+            "tracking.enabled=false",
+        )
+        for side in (first, second):
+            side.samples.append(
+                bench.pipeline(*one_batch, "optimized_metric=test_accuracy", env=env)
+            )
+        misses.append(bench.printed.count("PERSISTENT COMPILATION CACHE MISS"))
+        print(
+            f"  round {round_number}: first batch after {first.samples[-1].fit_seconds:.2f} s, "
+            f"then {second.samples[-1].fit_seconds:.2f} s; the second run compiled "
+            f"{misses[-1]} computations",
+            flush=True,
+        )
+    cpu, wall = paired(tracked, dry, "cpu_seconds"), paired(tracked, dry, "wall_seconds")
+    apart = paired(dry, plain, "wall_seconds")
+    job_cpu, job_wall = paired(job, single, "cpu_seconds"), paired(job, single, "wall_seconds")
+    compiled = ratio(second.median("fit_seconds"), first.median("fit_seconds"))
+    return [
+        comparison(
+            "11. tracking's fixed cost",
+            [tracked, dry],
+            f"tracked minus dry, medians of pairs: CPU seconds (the value), wall {wall:.2f} s",
+            cpu,
+            "<= 2.0 CPU s and <= 2.0 s wall",
+            cpu <= 2.0 and wall <= 2.0,
+        ),
+        comparison(
+            "12. dry run vs plain program",
+            [dry, plain],
+            "wall seconds, dry minus plain, median of pairs",
+            apart,
+            "<= 0.5 s",
+            apart <= 0.5,
+        ),
+        comparison(
+            "13. sweep job vs single run",
+            [job, single],
+            "job process minus single run, medians of pairs: CPU seconds (the value, from the "
+            f"process's start), wall {job_wall:.2f} s (from the config to the run closed)",
+            job_cpu,
+            "<= 0.25 CPU s",
+            job_cpu <= 0.25,
+        ),
+        comparison(
+            "14. JAX compilation cache",
+            [first, second],
+            "seconds to the first finished batch, second run / first run (the second compiled "
+            f"{max(misses)} computations at most)",
+            compiled,
+            "nothing compiled twice",
+            max(misses) == 0,
+        ),
+    ]
+
+
 BENCHES = {
     "training": bench_training,
     "latency": bench_latency,
     "sweep": bench_sweep,
     "time99": bench_time_to_99,
     "cluster": bench_cluster,
+    "fixed": bench_fixed_cost,
 }
 
 
@@ -476,7 +604,8 @@ def write_results(rows: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -
         "# Benchmark results",
         "",
         f"Machine: {meta['machine']}; {meta['cpus']} CPUs; Python {meta['python']}; "
-        f"{meta['date']}; {meta['repeats']} alternating rounds; medians.",
+        f"{meta['date']}; {meta['repeats']} alternating rounds ({meta['fixed_rounds']} for 11-14); "
+        "medians.",
         "",
         "| comparison | measure | value | target | met |",
         "|---|---|---|---|---|",
@@ -543,6 +672,9 @@ def main() -> int:
     )
     parser.add_argument("--reference", type=Path, required=True, help="the plain tf.keras program")
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds (default: 3)")
+    parser.add_argument(
+        "--fixed-rounds", type=int, default=5, help="alternating rounds of 'fixed' (default: 5)"
+    )
     parser.add_argument("--only", default=",".join(BENCHES), help=f"subset of {','.join(BENCHES)}")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
@@ -570,6 +702,7 @@ def main() -> int:
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "repeats": args.repeats,
+        "fixed_rounds": args.fixed_rounds,
     }
     write_results(rows, args.out, meta)
     print((args.out / "results.md").read_text())

@@ -32,7 +32,8 @@ def write(uri: str, experiment: str, writer: int, runs: int, epochs: int, start:
         for number in range(runs):
             name = f"writer {writer} run {number}"
             tags = {"writer": str(writer)}
-            with tracking.start_run(uri, experiment, name, tags, Path(folder), False) as run:
+            store = tracking.prepare_store(uri, experiment)
+            with tracking.start_run(*store, name, tags, Path(folder), False) as run:
                 run.log_setup({"writer": writer, "run": number}, tags, {})
                 for epoch in range(1, epochs + 1):
                     run.log_metrics({key: 1.0 / epoch for key in METRICS}, epoch)

@@ -1,5 +1,6 @@
 """Where Keras trains: its backend (TensorFlow or JAX), chosen before Keras is imported, and the
-device it trains on (a GPU or the CPU), checked and described for the run's records.
+device it trains on (a GPU or the CPU), checked and described for the run's records. JAX keeps
+its compiled computations in a cache on disk (JAX_CACHE).
 
 Keras reads its backend once, when it is first imported (``KERAS_BACKEND``): a process trains
 with one backend only. The import is quiet: TensorFlow's start-up lines (CUDA stubs, oneDNN
@@ -30,6 +31,14 @@ INSTALL_GPU = (
 )
 # What keeps each backend off the GPUs, set before it is imported (trainer.device=cpu).
 _CPU_ONLY = {"tensorflow": ("CUDA_VISIBLE_DEVICES", "-1"), "jax": ("JAX_PLATFORMS", "cpu")}
+# JAX keeps what it compiles on disk, so that a run compiles nothing an earlier run compiled:
+# every computation, however short its compilation (JAX's default keeps those of a second or
+# more: the training step, not the many small ones that took 1.3 s more of a run). The user's own
+# JAX_COMPILATION_CACHE_DIR and JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS win.
+JAX_CACHE = {
+    "JAX_COMPILATION_CACHE_DIR": str(Path("~/.cache/jax").expanduser()),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+}
 
 
 class BackendError(PipelineError):
@@ -61,6 +70,9 @@ def import_keras(backend: str, device: str) -> None:
             )
         return
     os.environ["KERAS_BACKEND"] = backend
+    if backend == "jax":
+        for variable, value in JAX_CACHE.items():
+            os.environ.setdefault(variable, value)
     if device == "cpu":
         variable, value = _CPU_ONLY[backend]
         os.environ[variable] = value

@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from src import backend, records, signals
+from src import backend, collector, records, signals
 from src.errors import DivergedError, PipelineError, TrialPruned, one_line
 from src.schema import ConfigError, LabelEncoding, register_configs, validate
 from src.sweep import RESULT_FILE, SweepContext, config_hash, current_sweep
@@ -64,34 +64,39 @@ def train(
         if reused is not None:
             return reused
 
-    # Load: the data is read and checked before anything is recorded.
-    from src import data
+    with collector.setting_up() as set_up:
+        # Load: the data is read and checked before anything is recorded.
+        from src import data
 
-    backend.import_keras(cfg.backend.name, cfg.trainer.device)
-    device = backend.training_device(cfg.trainer.device)
-    raw = data.load_mnist(
-        cfg.data.dir, cfg.data.cache_dir, cfg.data.url, cfg.data.sha256, cfg.data.verify
-    )
-    one_hot = LabelEncoding(cfg.loss.label_encoding) is LabelEncoding.one_hot
-    splits = data.prepare(
-        raw,
-        cfg.data.val_fraction,
-        cfg.trainer.seed,
-        one_hot,
-        cfg.data.limit,
-        cfg.trainer.batch_size,
-    )
+        backend.import_keras(cfg.backend.name, cfg.trainer.device)
+        device = backend.training_device(cfg.trainer.device)
+        raw = data.load_mnist(
+            cfg.data.dir, cfg.data.cache_dir, cfg.data.url, cfg.data.sha256, cfg.data.verify
+        )
+        one_hot = LabelEncoding(cfg.loss.label_encoding) is LabelEncoding.one_hot
+        splits = data.prepare(
+            raw,
+            cfg.data.val_fraction,
+            cfg.trainer.seed,
+            one_hot,
+            cfg.data.limit,
+            cfg.trainer.batch_size,
+        )
 
-    model, loss = _build_and_compile(cfg, len(splits.x_train))
-    with _open_run(cfg, overrides, sweep, fingerprint) as run:
-        run.log_setup(*_setup_records(cfg, overrides, model, raw, splits, device))
-        history, fit_seconds = _fit(cfg, model, splits, run)
-        metrics, predicted = _evaluate(model, loss, splits)
-        samples = len(splits.x_train) * cfg.trainer.epochs
-        metrics.update(fit_seconds=fit_seconds, train_samples_per_second=samples / fit_seconds)
-        run.log_metrics(metrics, step=cfg.trainer.epochs)
-        kept_model = model if cfg.tracking.log_model else None
-        run.log_results(splits.x_test, splits.test_labels, predicted, history, kept_model)
+        model, loss = _build_and_compile(cfg, len(splits.x_train))
+        store = _prepare_store(cfg, sweep)
+        # The run starts with the collector back: the child processes of MLflow's git look-up
+        # end when the collector frees their objects, and frozen ones would outlive the run.
+        set_up()
+        with _open_run(cfg, overrides, sweep, fingerprint, store) as run:
+            run.log_setup(*_setup_records(cfg, overrides, model, raw, splits, device))
+            history, fit_seconds = _fit(cfg, model, splits, run)
+            metrics, predicted = _evaluate(model, loss, splits)
+            samples = len(splits.x_train) * cfg.trainer.epochs
+            metrics.update(fit_seconds=fit_seconds, train_samples_per_second=samples / fit_seconds)
+            run.log_metrics(metrics, step=cfg.trainer.epochs)
+            kept_model = model if cfg.tracking.log_model else None
+            run.log_results(splits.x_test, splits.test_labels, predicted, history, kept_model)
 
     metrics.update({name: values[-1] for name, values in history.items()})
     result = TrainResult(run.run_id, run.model_uri, metrics, device)
@@ -120,11 +125,26 @@ def _build_and_compile(cfg: DictConfig, train_size: int) -> tuple[keras.Model, A
     return model, loss
 
 
-def _open_run(
-    cfg: DictConfig, overrides: list[str], sweep: SweepContext | None, fingerprint: str
-) -> contextlib.AbstractContextManager[records.Recorder]:
-    """The job's run in MLflow, or a dry run that records nothing (tracking.enabled=false)."""
+def _prepare_store(cfg: DictConfig, sweep: SweepContext | None) -> tuple[str, str] | None:
+    """The tracking URI and experiment id the run goes to, both created if new (None for a dry
+    run). A sweep's job waits out a restart of its store, where a single run fails at once."""
     if not cfg.tracking.enabled:
+        return None
+    from src import tracking
+
+    wait = sweep is not None
+    return tracking.prepare_store(cfg.tracking.uri, cfg.tracking.experiment, wait_for_store=wait)
+
+
+def _open_run(
+    cfg: DictConfig,
+    overrides: list[str],
+    sweep: SweepContext | None,
+    fingerprint: str,
+    store: tuple[str, str] | None,
+) -> contextlib.AbstractContextManager[records.Recorder]:
+    """The job's run in MLflow's ``store``, or a dry run that records nothing (None)."""
+    if store is None:
         return contextlib.nullcontext(records.DryRun())
     from src import tracking
 
@@ -140,13 +160,7 @@ def _open_run(
         tags["git_commit"] = tags["mlflow.source.git.commit"] = commit
     name = cfg.tracking.run_name or records.run_name_from_overrides(overrides)
     return tracking.start_run(
-        cfg.tracking.uri,
-        cfg.tracking.experiment,
-        name,
-        tags,
-        _output_dir(),
-        system_metrics=cfg.tracking.system_metrics,
-        wait_for_store=sweep is not None,
+        *store, name, tags, _output_dir(), system_metrics=cfg.tracking.system_metrics
     )
 
 
@@ -351,6 +365,7 @@ def main(cfg: DictConfig) -> float:
     else:
         outcome.update(asdict(result), status="reused" if result.reused else "finished")
         outcome["job_seconds"] = time.perf_counter() - started  # from the config to the end
+        outcome["process_cpu_seconds"] = time.process_time()  # from the process's start
         metric = result.metrics.get(cfg.optimized_metric, math.nan)
     (_output_dir() / RESULT_FILE).write_text(json.dumps(outcome, indent=1))
     return metric

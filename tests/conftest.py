@@ -4,7 +4,7 @@ output under the test's temporary folder."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -46,6 +46,16 @@ def tiny_config(tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_config([*tiny_run_overrides(tmp_path), *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def jax_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """JAX's compilation cache in the test session's folder, not the user's home: the runs on
+    JAX in processes of their own share it."""
+    folder = tmp_path_factory.mktemp("jax-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JAX_COMPILATION_CACHE_DIR", str(folder))
+        yield folder
 
 
 @pytest.fixture

@@ -102,11 +102,12 @@ def test_a_tensorflow_run_records_backend_and_device_and_its_model_scores_on_jax
 
 
 def test_a_jax_run_records_backend_and_device_and_its_model_scores_on_tensorflow(
-    tmp_path, store_uri
+    tmp_path, store_uri, jax_cache
 ):
     done = train_command(tmp_path, "backend=jax")
     assert done.returncode == 0, done.stderr
     assert "Trained with Keras on jax, on CPU: " in done.stdout
+    assert any(jax_cache.iterdir())  # The user's JAX_COMPILATION_CACHE_DIR, not the default.
     _, _, [run] = runs_of(tmp_path)
     params = run.data.params
     assert params["backend.name"] == params["keras.backend"] == "jax"
@@ -122,6 +123,22 @@ def test_a_jax_run_records_backend_and_device_and_its_model_scores_on_tensorflow
     name, accuracy = score(store_uri, model_uri)
     assert name == "tensorflow"
     assert accuracy == pytest.approx(recorded, abs=1 / 500)
+
+
+def test_a_second_jax_run_of_a_config_compiles_nothing_the_first_compiled(tmp_path, monkeypatch):
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")  # The default: ~/.cache/jax.
+    home = tmp_path / "home"
+    env = {"HOME": str(home), "JAX_EXPLAIN_CACHE_MISSES": "1"}  # JAX names every miss.
+    runs = [
+        train_command(tmp_path, "backend=jax", "tracking.enabled=false", "data.limit=300", **env)
+        for _ in range(2)
+    ]
+    for done in runs:
+        assert done.returncode == 0, done.stderr
+    first, second = (done.stdout.count("PERSISTENT COMPILATION CACHE MISS") for done in runs)
+    assert first > 10  # The training, evaluation and prediction steps, the initializers ...
+    assert second == 0
+    assert len(list((home / ".cache" / "jax").iterdir())) >= first
 
 
 def test_every_preset_sweeps_on_jax(tmp_path):

@@ -2,32 +2,47 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from subprocess import PIPE
 
+import psutil
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import FIXTURE_DIR
 
 
 def run_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "src.train",
-            f"data.dir={FIXTURE_DIR}",
-            f"tracking.uri=sqlite:///{tmp_path / 'store' / 'mlflow.db'}",
-            f"hydra.run.dir={tmp_path / 'hydra'}",
-            "trainer.verbose=2",
-            *overrides,
-        ],
-        cwd=tmp_path,  # Not the project root: the command works from anywhere.
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    """The command, in a process group of its own; it must leave no process of that group
+    behind (MLflow's git look-ups start child processes)."""
+    command = [
+        sys.executable,
+        "-m",
+        "src.train",
+        f"data.dir={FIXTURE_DIR}",
+        f"tracking.uri=sqlite:///{tmp_path / 'store' / 'mlflow.db'}",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+        "trainer.verbose=2",
+        *overrides,
+    ]
+    # Not the project root as the working folder: the command works from anywhere.
+    with subprocess.Popen(
+        command, cwd=tmp_path, stdout=PIPE, stderr=PIPE, text=True, start_new_session=True
+    ) as process:
+        stdout, stderr = process.communicate(timeout=300)
+    left = [p.name() for p in psutil.process_iter() if _group(p.pid) == process.pid]
+    assert not left, f"left running: {left}"
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def _group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def test_command_line_run_with_sgd_and_categorical_loss(tmp_path):
@@ -53,6 +68,12 @@ def test_command_line_run_with_sgd_and_categorical_loss(tmp_path):
     assert not [line for line in result.stderr.splitlines() if any(n in line for n in noise)]
     history = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert sorted(m.step for m in history) == [1, 2]
+    # The job's result.json, for scripts: what it trained, where, and what it cost.
+    outcome = json.loads((tmp_path / "hydra" / "result.json").read_text())
+    assert outcome["status"] == "finished" and outcome["run_id"] == run.info.run_id
+    assert outcome["metrics"]["test_accuracy"] == run.data.metrics["test_accuracy"]
+    assert outcome["job_seconds"] > 0
+    assert outcome["process_cpu_seconds"] > 1  # TensorFlow's import alone takes more.
     # Artifacts sit beside the store, not in the working directory.
     assert experiment.artifact_location.startswith((tmp_path / "store" / "artifacts").as_uri())
     assert not (tmp_path / "mlruns").exists()
