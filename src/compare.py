@@ -6,16 +6,21 @@ first, and a plot of their per-epoch validation curves.
     python -m src.compare --sweep RUN_ID --metric val_loss
     python -m src.compare --filter "params.optimizer.name = 'sgd'" --plot sgd.png
 
-For a sweep, the table and the plot are also logged to the sweep's parent run.
+Runs of one config with several seeds (``-m ... sweep.seeds=5``) are compared as groups: each
+config's mean and spread over its seeds, and Welch's t-test of whether the best config's lead
+over each other one is larger than the seeds' spread; the plot draws each config's mean curve
+with a band from its worst seed to its best. For a sweep, the tables and the plot are also
+logged to the sweep's parent run.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from src.uris import mask_text
 
@@ -27,12 +32,18 @@ if TYPE_CHECKING:
 SHOWN_METRICS = ("val_accuracy", "val_loss", "test_accuracy", "test_loss")
 # Params that differ between runs without saying anything about what was trained.
 _IGNORED_PARAMS = ("tracking.", "data.dir", "data.cache_dir", "trainer.verbose", "sweep.")
+SEED = "trainer.seed"
+# A difference between two configs is told apart from the seeds' spread below this p-value.
+SIGNIFICANCE = 0.05
 
 
-def table(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per run (``mlflow.search_runs``'s frame), best first by ``metric`` (runs without
-    it last), with the params whose values differ between the runs and the final metrics."""
-    params = runs.filter(regex=r"^params\.").rename(columns=lambda name: name[len("params.") :])
+def _params(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs.filter(regex=r"^params\.").rename(columns=lambda name: name[len("params.") :])
+
+
+def _differing(params: pd.DataFrame) -> list[str]:
+    """The params whose values differ between the runs and say something about what was
+    trained."""
     differing = [
         name
         for name in sorted(params.columns)
@@ -42,11 +53,18 @@ def table(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     ]
     # A setting only some runs have (Adam's beta_1 beside SGD runs) is told apart by its
     # group's name already (optimizer.name), so it is left out when that name differs.
-    differing = [
+    return [
         name
         for name in differing
         if params[name].notna().all() or f"{name.split('.', 1)[0]}.name" not in differing
     ]
+
+
+def table(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per run (``mlflow.search_runs``'s frame), best first by ``metric`` (runs without
+    it last), with the params whose values differ between the runs and the final metrics."""
+    params = _params(runs)
+    differing = _differing(params)
     shown = runs.reindex(columns=[f"metrics.{name}" for name in SHOWN_METRICS])
     rows = params[differing].join(shown.rename(columns=lambda name: name[len("metrics.") :]))
     rows.insert(0, "run", runs["tags.mlflow.runName"])
@@ -67,6 +85,107 @@ def table(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     return rows.reset_index(drop=True)
 
 
+def groups(runs: pd.DataFrame, metric: str) -> pd.DataFrame | None:
+    """One row per config, the finished runs grouped by every param but the seed, when some
+    config ran with more than one seed (None otherwise): n, the mean and the standard deviation
+    of each final metric, the best and worst seed by ``metric``, the difference of the mean of
+    ``metric`` to the best config's, and the p-value of Welch's t-test of that difference
+    (two-sided). Best mean first."""
+    finished = runs[runs["status"] == "FINISHED"]
+    if finished.empty:
+        return None
+    # In the table's order, so that of tied seeds the one it ranks first is a config's best.
+    finished = finished.set_index("run_id").loc[table(finished, metric)["run_id"]].reset_index()
+    params = _params(finished)
+    keys = [name for name in _differing(params) if name != SEED]
+    labels = (
+        params[keys].apply(lambda row: " ".join(f"{k}={v}" for k, v in row.items()), axis=1)
+        if keys
+        else "every run"
+    )
+    metrics = finished.reindex(columns=[f"metrics.{name}" for name in SHOWN_METRICS])
+    frame = metrics.set_axis(list(SHOWN_METRICS), axis=1).assign(
+        group=labels, seed=params.get(SEED), run_id=finished["run_id"]
+    )
+    lower = lower_is_better(metric)
+    by = frame.groupby("group", sort=False)
+    grouped = by[list(SHOWN_METRICS)].agg(["mean", "std"])  # std: NaN for one seed
+    grouped.columns = [f"{name}_{statistic}" for name, statistic in grouped.columns]
+    grouped.insert(0, "n", by.size())
+    if grouped["n"].max() < 2:
+        return None
+    grouped["best_seed"], grouped["worst_seed"] = by["seed"].first(), by["seed"].last()
+    grouped["best_run_id"], grouped["run_ids"] = by["run_id"].first(), by["run_id"].agg(" ".join)
+    grouped = grouped.sort_values(f"{metric}_mean", ascending=lower, kind="stable").reset_index()
+    means = grouped[f"{metric}_mean"]
+    grouped[f"{metric}_difference"] = means - means.iloc[0]
+    seeds = {name: members[metric].dropna().to_numpy() for name, members in by}
+    best = seeds[grouped["group"].iloc[0]]
+    grouped["p_value"] = [float("nan")] + [
+        _welch(best, seeds[name]) for name in grouped["group"][1:]
+    ]
+    grouped.insert(0, "rank", range(1, len(grouped) + 1))
+    return grouped
+
+
+def _welch(a: Any, b: Any) -> float:
+    """The two-sided p-value of Welch's t-test of two samples' means (NaN for a sample of one,
+    or two without any spread)."""
+    from scipy import stats
+
+    if min(len(a), len(b)) < 2:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # No spread at all: NaN, said as such.
+        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def verdict(grouped: pd.DataFrame, metric: str) -> str:
+    """Which configs the seeds tell apart from the best one, in plain words."""
+    best, others = grouped.iloc[0], grouped.iloc[1:]
+    seeds = f"{best.n} seed{'s' if best.n != 1 else ''}"
+    lines = [f"Best: {best.group}, {metric} {_spread(best, metric)} over {seeds}."]
+    for words, chosen in (
+        (
+            f"Not distinguishable from it (Welch's t-test, p >= {SIGNIFICANCE})",
+            others["p_value"] >= SIGNIFICANCE,
+        ),
+        (f"Worse beyond the seeds' spread (p < {SIGNIFICANCE})", others["p_value"] < SIGNIFICANCE),
+    ):
+        if chosen.any():
+            named = ", ".join(
+                f"{row.group} (p={row.p_value:.2g})" for row in others[chosen].itertuples()
+            )
+            lines.append(f"{words}: {named}.")
+    if others["p_value"].isna().any():
+        untested = ", ".join(others[others["p_value"].isna()]["group"])
+        lines.append(f"Not tested (one seed, or no spread at all): {untested}.")
+    return "\n".join(lines)
+
+
+def _spread(row: Any, metric: str) -> str:
+    """``0.9812 ± 0.0011``: a config's mean and standard deviation over its seeds."""
+    std = row[f"{metric}_std"]
+    return _cell(row[f"{metric}_mean"]) + ("" if std != std else f" ± {std:.4f}")
+
+
+def groups_to_text(grouped: pd.DataFrame, metric: str) -> str:
+    """The grouped table for the terminal (mean ± standard deviation over the seeds), and the
+    verdict."""
+    shown = grouped[["rank", "group", "n"]].assign(
+        **{name: grouped.apply(_spread, axis=1, metric=name) for name in SHOWN_METRICS},
+        best_seed=grouped["best_seed"],
+        worst_seed=grouped["worst_seed"],
+        difference=grouped[f"{metric}_difference"].map(lambda d: f"{d:+.4f}"),
+        p=grouped["p_value"].map(lambda p: "" if p != p else f"{p:.2g}"),
+    )
+    direction = "lowest" if lower_is_better(metric) else "highest"
+    return (
+        f"Configs by mean {metric} over their seeds ({direction} first; p: Welch's t-test "
+        f"against the first):\n" + "\n".join(_aligned(shown)) + "\n\n" + verdict(grouped, metric)
+    )
+
+
 def lower_is_better(metric: str) -> bool:
     return metric.endswith("loss")
 
@@ -78,14 +197,17 @@ def curve_of(metric: str) -> str:
 
 def to_text(rows: pd.DataFrame, metric: str) -> str:
     """An aligned table for the terminal."""
+    direction = "lowest" if lower_is_better(metric) else "highest"
     shown = rows.drop(columns=["sweep_job", "sort_value"])
-    cells = [list(shown.columns)] + [
-        [_cell(value) for value in row] for row in shown.itertuples(index=False)
+    return f"Runs by {metric} ({direction} first):\n" + "\n".join(_aligned(shown))
+
+
+def _aligned(frame: pd.DataFrame) -> list[str]:
+    cells = [list(frame.columns)] + [
+        [_cell(value) for value in row] for row in frame.itertuples(index=False)
     ]
     widths = [max(map(len, column)) for column in zip(*cells, strict=True)]
-    lines = ["  ".join(map(str.ljust, row, widths)) for row in cells]
-    direction = "lowest" if lower_is_better(metric) else "highest"
-    return f"Runs by {metric} ({direction} first):\n" + "\n".join(line.rstrip() for line in lines)
+    return ["  ".join(map(str.ljust, row, widths)).rstrip() for row in cells]
 
 
 def _cell(value: object) -> str:
@@ -94,11 +216,23 @@ def _cell(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def plot_curves(uri: str, rows: pd.DataFrame, metric: str) -> Figure:
-    """The runs' per-epoch validation curves that go with ``metric``, one line per run."""
+def plot_curves(
+    uri: str, rows: pd.DataFrame, metric: str, grouped: pd.DataFrame | None = None
+) -> Figure:
+    """The per-epoch validation curves that go with ``metric``: one line per run, or with
+    ``grouped`` one line per config, its mean over the seeds, in a band from the lowest to the
+    highest seed."""
     from src import report, tracking
 
     curve = curve_of(metric)
+    if grouped is not None:
+        seeds = {
+            f"{group.group} (n={group.n})": [
+                tracking.metric_history(uri, run_id, curve) for run_id in group.run_ids.split()
+            ]
+            for group in grouped.itertuples()
+        }
+        return report.plot_group_curves(seeds, curve)
     histories = {
         str(run.run or run.run_id): tracking.metric_history(uri, run.run_id, curve)
         for run in rows.itertuples()
@@ -106,12 +240,23 @@ def plot_curves(uri: str, rows: pd.DataFrame, metric: str) -> Figure:
     return report.plot_validation_curves(histories, curve)
 
 
-def log_to_sweep(uri: str, sweep_id: str, rows: pd.DataFrame, metric: str, figure: Figure) -> None:
-    """Log the table (CSV and text) and the curves of a sweep's jobs to its parent run."""
+def log_to_sweep(
+    uri: str,
+    sweep_id: str,
+    rows: pd.DataFrame,
+    metric: str,
+    figure: Figure,
+    grouped: pd.DataFrame | None = None,
+) -> None:
+    """Log the table (CSV and text), the grouped table if any, and the curves of a sweep's
+    jobs to its parent run."""
     from src import tracking
 
     csv = rows.drop(columns=["sort_value"]).to_csv(index=False)
     texts = {"comparison/comparison.csv": csv, "comparison/comparison.txt": to_text(rows, metric)}
+    if grouped is not None:
+        texts["comparison/groups.csv"] = grouped.to_csv(index=False)
+        texts["comparison/groups.txt"] = groups_to_text(grouped, metric)
     figures = {"comparison/validation_curves.png": figure}
     tracking.log_to_run(uri, sweep_id, texts=texts, figures=figures)
 
@@ -163,14 +308,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     rows = table(runs, args.metric)
-    print(to_text(rows, args.metric))
-    figure = plot_curves(uri, rows, args.metric)
+    grouped = groups(runs, args.metric)
+    print(to_text(rows, args.metric) if grouped is None else groups_to_text(grouped, args.metric))
+    figure = plot_curves(uri, rows, args.metric, grouped)
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.plot, dpi=100)
     print(f"\nCurves of {curve_of(args.metric)} per epoch: {args.plot}")
     if sweep_id is not None:
-        log_to_sweep(uri, sweep_id, rows, args.metric, figure)
-        print(f"Table and curves logged to sweep run {sweep_id}.")
+        log_to_sweep(uri, sweep_id, rows, args.metric, figure, grouped)
+        print(f"Tables and curves logged to sweep run {sweep_id}.")
     return 0
 
 

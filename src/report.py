@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def confusion_matrix(
@@ -87,8 +88,51 @@ def plot_validation_curves(
     axes.set_xlabel("epoch")
     axes.set_ylabel(metric)
     axes.set_title(f"{metric} per epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     if histories:
+        axes.legend(fontsize=7, loc="best")
+    return figure
+
+
+def plot_group_curves(
+    seeds: Mapping[str, Sequence[Sequence[tuple[int, float]]]], metric: str
+) -> Figure:
+    """One line per config: ``metric`` against the epoch, the mean over the config's seeds
+    (each seed a ``(epoch, value)`` history), with each seed's value as a dot and a band from
+    the lowest seed to the highest. Configs are set a little apart along the epoch axis, so
+    that their bars do not hide each other."""
+    figure = Figure(figsize=(8, 5), layout="tight")
+    axes = figure.subplots()
+    every_epoch: set[int] = set()
+    for position, (label, histories) in enumerate(seeds.items()):
+        by_epoch: dict[int, list[float]] = {}
+        for history in histories:
+            for epoch, value in history:
+                by_epoch.setdefault(epoch, []).append(value)
+        if not by_epoch:
+            continue
+        every_epoch.update(by_epoch)
+        epochs = np.array(sorted(by_epoch)) + 0.06 * (position - (len(seeds) - 1) / 2)
+        values = [np.asarray(by_epoch[epoch]) for epoch in sorted(by_epoch)]
+        mean = np.array([v.mean() for v in values])
+        lowest, highest = np.array([v.min() for v in values]), np.array([v.max() for v in values])
+        # Bars as well as the band: a one-epoch comparison has a single point per config.
+        bars = axes.errorbar(
+            epochs, mean, yerr=[mean - lowest, highest - mean], marker="o", capsize=4, label=label
+        )
+        color = bars.lines[0].get_color()
+        axes.fill_between(epochs, lowest, highest, color=color, alpha=0.2)
+        for x, of_seeds in zip(epochs, values, strict=True):
+            axes.plot([x] * len(of_seeds), of_seeds, "x", color=color, alpha=0.6, markersize=4)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel(metric)
+    axes.set_title(f"{metric} per epoch: mean over seeds (x: each seed), lowest to highest")
+    if every_epoch:
+        axes.set_xticks(sorted(every_epoch))
+        axes.set_xlim(min(every_epoch) - 0.5, max(every_epoch) + 0.5)
+    axes.grid(alpha=0.3)
+    if seeds:
         axes.legend(fontsize=7, loc="best")
     return figure
 

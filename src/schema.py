@@ -125,6 +125,7 @@ class TrackingConfig:
 @dataclass
 class SweepConfig:
     rerun: bool = False
+    seeds: int = 1  # a grid sweep's every combination with trainer.seed and the next seeds-1
     trial: int | None = None  # set by the Optuna sweeper: the job's trial in the study
 
 
@@ -188,6 +189,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("trainer.epochs", lambda v: v >= 1, "an integer >= 1"),
     ("trainer.batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("trainer.seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    ("sweep.seeds", lambda v: 1 <= v <= 1000, "a number of seeds from 1 to 1000"),
     ("trainer.verbose", lambda v: v in (0, 1, 2), "0, 1 or 2"),
     ("trainer.steps_per_execution", lambda v: v >= 1, "an integer >= 1"),
     ("trainer.device", lambda v: v in DEVICES, "auto, cpu or gpu"),

@@ -24,7 +24,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from src import records, signals
 from src.errors import PipelineError, one_line
@@ -105,7 +105,10 @@ class SweepTracker(Callback):
         signals.install()
         # The settings shared by every job are checked before anything is recorded.
         validate(OmegaConf.masked_copy(config, [str(key) for key in config if key != "hydra"]))
-        _refuse_backends_in_one_process(config)
+        swept = _swept_keys(config)
+        _refuse_backends_in_one_process(config, swept)
+        _refuse_seeds_the_sweep_cannot_repeat(config, swept)
+        _repeat_over_seeds(config)
         sweep_file = Path(config.hydra.sweep.dir) / SWEEP_FILE
         sweep_file.unlink(missing_ok=True)  # An earlier sweep's, in a sweep folder used again.
         if not config.tracking.enabled:
@@ -172,19 +175,48 @@ class SweepTracker(Callback):
 _PROCESS_PER_JOB = ("LocalLauncher", "SlurmLauncher")
 
 
-def _refuse_backends_in_one_process(config: DictConfig) -> None:
-    """A sweep over ``backend`` needs a launcher that starts a process per job."""
+def _swept_keys(config: DictConfig) -> set[str]:
+    """The keys the command line sweeps over, and those of the sweeper's search space."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-    swept = any(o.key_or_group == "backend" and o.is_sweep_override() for o in overrides)
-    searched = "backend" in (OmegaConf.select(config, "hydra.sweeper.params") or {})
+    searched = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    return {o.key_or_group for o in overrides if o.is_sweep_override()} | set(searched)
+
+
+def _refuse_backends_in_one_process(config: DictConfig, swept: set[str]) -> None:
+    """A sweep over ``backend`` needs a launcher that starts a process per job."""
     launcher = str(config.hydra.launcher._target_).rsplit(".", 1)[-1]
-    if (swept or searched) and launcher not in _PROCESS_PER_JOB:
+    if "backend" in swept and launcher not in _PROCESS_PER_JOB:
         raise ConfigError(
             f"a sweep over backend needs a process per job, and the {launcher} runs several "
             "jobs in one process: add hydra/launcher=local_jobs (or hydra/launcher=slurm)"
         )
+
+
+def _refuse_seeds_the_sweep_cannot_repeat(config: DictConfig, swept: set[str]) -> None:
+    """``sweep.seeds`` repeats the basic sweeper's combinations, and chooses the seeds itself."""
+    seeds = config.sweep.seeds
+    sweeper = str(config.hydra.sweeper._target_).rsplit(".", 1)[-1]
+    if seeds > 1 and sweeper != "BasicSweeper":
+        raise ConfigError(
+            f"sweep.seeds={seeds} repeats the combinations of a grid sweep, and the {sweeper} "
+            "chooses its own trials: leave sweep.seeds out, or sweep trainer.seed in a grid"
+        )
+    if seeds > 1 and "trainer.seed" in swept:
+        raise ConfigError(
+            f"sweep.seeds={seeds} and a sweep over trainer.seed both choose the seeds: give one"
+        )
+
+
+def _repeat_over_seeds(config: DictConfig) -> None:
+    """``sweep.seeds=N``: every combination with N seeds, ``trainer.seed`` and the next ones, as
+    if the command line swept ``trainer.seed=range(...)`` (Hydra's multirun reads the sweep's
+    overrides once this callback has run)."""
+    seeds, first = config.sweep.seeds, config.trainer.seed
+    if seeds > 1:
+        with read_write(config.hydra):
+            config.hydra.overrides.task.append(f"trainer.seed=range({first},{first + seeds})")
 
 
 def _counts(results: list[dict[str, Any]]) -> dict[str, int]:
@@ -221,22 +253,33 @@ def summarize(
     text = "No job recorded a run."
     if not runs.empty:
         rows = compare.table(runs, metric)
-        text = compare.to_text(rows, metric)
+        grouped = compare.groups(runs, metric)  # None: no config ran with several seeds
         finished = rows[rows["status"] == "FINISHED"]  # Not a run an interruption cut short.
+        if grouped is None:
+            text = compare.to_text(rows, metric)
+        else:  # The best config's best seed.
+            text = compare.groups_to_text(grouped, metric)
+            finished = finished[finished["run_id"] == grouped["best_run_id"].iloc[0]]
+            tags["best_group"] = grouped["group"].iloc[0]
+            metrics[f"best_group_{metric}_mean"] = float(grouped[f"{metric}_mean"].iloc[0])
         best = finished.iloc[0] if len(finished) else None
         if best is not None and best.notna()["sort_value"]:
             tags.update(best_run_id=best.run_id, best_run_name=best.run, best_job=best.sweep_job)
             metrics[f"best_{metric}"] = value = float(best.sort_value)
+            which = f"job {best.sweep_job}"
+            if grouped is not None:
+                which = f"config's best seed, {grouped['best_seed'].iloc[0]} (job {best.sweep_job})"
             model_uri = runs.set_index("run_id").get("tags.model_uri", {}).get(best.run_id)
             if register and isinstance(model_uri, str):
                 lower = compare.lower_is_better(metric)
                 registered = tracking.register_model(
                     uri, model_uri, experiment, metric, value, lower
                 )
-                text += f"\n\nBest job {best.sweep_job}: {registered}"
+                text += f"\n\nBest {which}: {registered}"
             elif register:
-                text += f"\n\nBest job {best.sweep_job} logged no model: nothing was registered."
-        compare.log_to_sweep(uri, parent, rows, metric, compare.plot_curves(uri, rows, metric))
+                text += f"\n\nBest {which} logged no model: nothing was registered."
+        figure = compare.plot_curves(uri, rows, metric, grouped)
+        compare.log_to_sweep(uri, parent, rows, metric, figure, grouped)
     tracking.log_to_run(uri, parent, metrics, tags)
     tracking.end_run(uri, parent, "FAILED" if failed else "FINISHED")
     return text

@@ -336,6 +336,8 @@ def main(cfg: DictConfig) -> float:
     if sweep is not None:
         outcome.update(sweep_id=sweep.parent_run_id, job_number=sweep.job_number)
     try:
+        if cfg.sweep.seeds > 1 and HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise ConfigError(f"sweep.seeds={cfg.sweep.seeds} repeats the jobs of a sweep: add -m")
         result = train(cfg, overrides, sweep)
     except KeyboardInterrupt as error:
         # The run is closed KILLED already; in a sweep the parent is closed at exit.

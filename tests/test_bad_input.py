@@ -83,6 +83,7 @@ CONFIG_CASES = [
         "out none: set optimized_metric=test_accuracy",
     ),
     (["trainer.epochs=many"], 1, "trainer.epochs"),
+    (["sweep.seeds=3"], 2, "error: sweep.seeds=3 repeats the jobs of a sweep: add -m"),
     (["optimizer=adamw"], 1, "Could not find 'optimizer/adamw'"),
     (
         ["tracking.uri={tmp}/plain-folder"],

@@ -156,20 +156,21 @@ def test_parallel_workers_lose_no_run_metric_or_artifact(tmp_path):
         assert "evaluation/confusion_matrix.csv" in paths
 
 
+def run_compare(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """``python -m src.compare`` on the test's store."""
+    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    return subprocess.run(
+        [sys.executable, "-m", "src.compare", "--tracking-uri", store, *arguments],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+
+
 def test_compare_prints_the_best_first_and_logs_to_the_sweep(tmp_path):
     assert sweep(tmp_path, "optimizer=adam,sgd").returncode == 0
-    command = [
-        sys.executable,
-        "-m",
-        "src.compare",
-        "--tracking-uri",
-        f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}",
-        "--sweep",
-        "latest",
-        "--plot",
-        str(tmp_path / "curves.png"),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    result = run_compare(tmp_path, "--sweep", "latest", "--plot", str(tmp_path / "curves.png"))
     assert result.returncode == 0, result.stderr
     _, [_parent], jobs = runs_of(tmp_path)
     lines = result.stdout.splitlines()
@@ -181,13 +182,7 @@ def test_compare_prints_the_best_first_and_logs_to_the_sweep(tmp_path):
     assert "optimizer.name" in header and "optimizer.beta_1" not in header
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
-    filtered = subprocess.run(
-        [*command[:5], "--filter", "params.`optimizer.name` = 'rmsprop'"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    filtered = run_compare(tmp_path, "--filter", "params.`optimizer.name` = 'rmsprop'")
     assert not (tmp_path / "comparison.png").exists()  # Nothing written for no runs.
     assert filtered.returncode == 1
     assert (
@@ -235,3 +230,73 @@ def test_a_sweep_registers_its_best_jobs_model_unless_told_not_to(tmp_path):
     again = sweep(tmp_path, "optimizer=sgd", "tracking.log_model=true", "tracking.register=false")
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(client.search_model_versions("name = 'mnist-cnn'")) == 1
+
+
+def test_a_sweep_over_seeds_compares_its_configs_and_registers_the_best_ones_best_seed(tmp_path):
+    result = sweep(
+        tmp_path, "optimizer=adam,sgd", "sweep.seeds=2", "tracking.log_model=true", "data.limit=300"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, [parent], jobs = runs_of(tmp_path)
+    configs = sorted((r.data.params["optimizer.name"], r.data.params["trainer.seed"]) for r in jobs)
+    assert configs == [("adam", "42"), ("adam", "43"), ("sgd", "42"), ("sgd", "43")]
+
+    # The best config by its mean over the seeds; its best seed is the one registered.
+    tags = parent.data.tags
+    by_optimizer: dict[str, list] = {}
+    for run in jobs:
+        by_optimizer.setdefault(run.data.params["optimizer.name"], []).append(run)
+    means = {
+        name: sum(run.data.metrics["val_accuracy"] for run in runs) / len(runs)
+        for name, runs in by_optimizer.items()
+    }
+    best_optimizer = tags["best_group"].rsplit("optimizer.name=", 1)[1]
+    assert means[best_optimizer] == max(means.values())
+    assert parent.data.metrics["best_group_val_accuracy_mean"] == pytest.approx(
+        means[best_optimizer]
+    )
+    best = next(run for run in jobs if run.info.run_id == tags["best_run_id"])
+    assert best.data.params["optimizer.name"] == best_optimizer
+    assert best.data.metrics["val_accuracy"] == max(
+        run.data.metrics["val_accuracy"] for run in by_optimizer[best_optimizer]
+    )
+    assert client.get_model_version_by_alias("mnist-cnn", "best").run_id == best.info.run_id
+    seed, job = best.data.params["trainer.seed"], tags["best_job"]
+    assert f"Best config's best seed, {seed} (job {job}): Registered as version 1" in result.stdout
+    assert "Configs by mean val_accuracy over their seeds" in result.stdout
+    assert f"Best: {tags['best_group']}, val_accuracy " in result.stdout
+    logged = {item.path for item in client.list_artifacts(parent.info.run_id, "comparison")}
+    assert {
+        "comparison/groups.csv",
+        "comparison/groups.txt",
+        "comparison/validation_curves.png",
+    } <= logged
+
+    compared = run_compare(tmp_path, "--sweep", "latest", "--plot", str(tmp_path / "groups.png"))
+    assert compared.returncode == 0, compared.stderr
+    assert compared.stdout.splitlines()[0].startswith(
+        "Configs by mean val_accuracy over their seeds"
+    )
+    assert (tmp_path / "groups.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["trainer.seed=1,2"],
+            "error: sweep.seeds=3 and a sweep over trainer.seed both choose the seeds: give one",
+        ),
+        (
+            ["hparams_search=optuna"],
+            "error: sweep.seeds=3 repeats the combinations of a grid sweep, and the "
+            "OptunaSweeper chooses its own trials",
+        ),
+    ],
+)
+def test_seeds_a_sweep_cannot_repeat_are_refused_before_any_job(tmp_path, overrides, message):
+    done = sweep(tmp_path, "sweep.seeds=3", *overrides)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(message)
+    assert not (tmp_path / "store").exists()
