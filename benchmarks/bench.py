@@ -503,11 +503,11 @@ def bench_fixed_cost(bench: Bench, repeats: int) -> list[dict[str, Any]]:
     tracked run against a dry one), the pipeline without tracking against the plain program, a
     sweep's job in its own process against a single run, and JAX's second run of a config
     against its first (seconds to the first finished batch: a training set of one batch)."""
-    repeats = bench.args.fixed_rounds
+    rounds = bench.args.fixed_rounds  # Its own count (--fixed-rounds), not --repeats.
     limit = f"data.limit={FIXED_IMAGES}"
     print(f"Fixed cost, {FIXED_IMAGES} training images (tracked, dry, plain):", flush=True)
     tracked, dry, plain = alternate(
-        repeats,
+        rounds,
         {
             "tracked run (600 images)": lambda: bench.pipeline(limit),
             "dry run (600 images)": lambda: bench.pipeline(limit, "tracking.enabled=false"),
@@ -516,7 +516,7 @@ def bench_fixed_cost(bench: Bench, repeats: int) -> list[dict[str, Any]]:
     )
     print("A sweep's job in its own process (local_jobs) against a single run:", flush=True)
     job, single = alternate(
-        repeats,
+        rounds,
         {
             "sweep job, own process": lambda: bench.sweep_job(limit),
             "single run": lambda: (bench.pipeline(limit), _job_process(bench.result))[1],
@@ -525,7 +525,7 @@ def bench_fixed_cost(bench: Bench, repeats: int) -> list[dict[str, Any]]:
     print("JAX, one batch, the first run of a config against the second:", flush=True)
     first, second = Side("JAX first run (new cache)"), Side("JAX second run")
     misses = []
-    for round_number in range(1, repeats + 1):
+    for round_number in range(1, rounds + 1):
         cache = bench.work / f"jax-cache{round_number}"  # New and empty: the first run's.
         env = {"JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_EXPLAIN_CACHE_MISSES": "1"}
         one_batch = (
@@ -604,8 +604,9 @@ def write_results(rows: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -
         "# Benchmark results",
         "",
         f"Machine: {meta['machine']}; {meta['cpus']} CPUs; Python {meta['python']}; "
-        f"{meta['date']}; {meta['repeats']} alternating rounds ({meta['fixed_rounds']} for 11-14); "
-        "medians.",
+        f"{meta['date']}; {meta['repeats']} alternating rounds"
+        + (f" ({meta['fixed_rounds']} for 11-14)" if "fixed_rounds" in meta else "")
+        + "; medians.",
         "",
         "| comparison | measure | value | target | met |",
         "|---|---|---|---|---|",
@@ -702,7 +703,7 @@ def main() -> int:
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "repeats": args.repeats,
-        "fixed_rounds": args.fixed_rounds,
+        **({"fixed_rounds": args.fixed_rounds} if "fixed" in chosen else {}),
     }
     write_results(rows, args.out, meta)
     print((args.out / "results.md").read_text())

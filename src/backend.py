@@ -1,6 +1,6 @@
 """Where Keras trains: its backend (TensorFlow or JAX), chosen before Keras is imported, and the
 device it trains on (a GPU or the CPU), checked and described for the run's records. JAX keeps
-its compiled computations in a cache on disk (JAX_CACHE).
+its compiled computations in a cache on disk (jax_cache_dir).
 
 Keras reads its backend once, when it is first imported (``KERAS_BACKEND``): a process trains
 with one backend only. The import is quiet: TensorFlow's start-up lines (CUDA stubs, oneDNN
@@ -31,14 +31,12 @@ INSTALL_GPU = (
 )
 # What keeps each backend off the GPUs, set before it is imported (trainer.device=cpu).
 _CPU_ONLY = {"tensorflow": ("CUDA_VISIBLE_DEVICES", "-1"), "jax": ("JAX_PLATFORMS", "cpu")}
-# JAX keeps what it compiles on disk, so that a run compiles nothing an earlier run compiled:
-# every computation, however short its compilation (JAX's default keeps those of a second or
-# more: the training step, not the many small ones that took 1.3 s more of a run). The user's own
-# JAX_COMPILATION_CACHE_DIR and JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS win.
-JAX_CACHE = {
-    "JAX_COMPILATION_CACHE_DIR": str(Path("~/.cache/jax").expanduser()),
-    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-}
+# JAX keeps what it compiles on disk (in $XDG_CACHE_HOME/jax, else ~/.cache/jax), so that a run
+# compiles nothing an earlier run compiled: every computation, however short its compilation
+# (JAX's default keeps those of a second or more: the training step, not the many small ones
+# that took 1.3 s more of a run). The user's own JAX_COMPILATION_CACHE_DIR and
+# JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS win.
+JAX_MIN_COMPILE_SECONDS = "0"
 
 
 class BackendError(PipelineError):
@@ -71,14 +69,20 @@ def import_keras(backend: str, device: str) -> None:
         return
     os.environ["KERAS_BACKEND"] = backend
     if backend == "jax":
-        for variable, value in JAX_CACHE.items():
-            os.environ.setdefault(variable, value)
+        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", jax_cache_dir())
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", JAX_MIN_COMPILE_SECONDS)
     if device == "cpu":
         variable, value = _CPU_ONLY[backend]
         os.environ[variable] = value
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with _quiet_start_up():
         import keras
+
+
+def jax_cache_dir() -> str:
+    """Where JAX keeps its compiled computations unless JAX_COMPILATION_CACHE_DIR says."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "jax")
 
 
 @contextlib.contextmanager

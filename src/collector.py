@@ -15,14 +15,21 @@ import gc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+_jobs_set_up = 0  # in this process
+
 
 @contextmanager
 def setting_up() -> Iterator[Callable[[], None]]:
     """Pause the collector while a job sets up (imports Keras and its backend, reads the data,
     builds the model, opens its store); the function yielded, called once it is set up, moves
     every object that exists then out of the collector's sight and resumes it. When the job ends
-    the collector gets them back, so that a process that runs several jobs (a sweep's
-    in-process launcher) frees each job's model."""
+    the collector gets them back; in a process that runs several jobs (a sweep's in-process or
+    joblib launcher) the next job first frees what the last one left (its model), which would
+    otherwise be frozen again with the next job's set-up."""
+    global _jobs_set_up
+    if _jobs_set_up:
+        gc.collect()
+    _jobs_set_up += 1
     enabled = gc.isenabled()
     gc.disable()
 

@@ -87,45 +87,69 @@ def table(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def groups(runs: pd.DataFrame, metric: str) -> pd.DataFrame | None:
     """One row per config, the finished runs grouped by every param but the seed, when some
-    config ran with more than one seed (None otherwise): n, the mean and the standard deviation
-    of each final metric, the best and worst seed by ``metric``, the difference of the mean of
-    ``metric`` to the best config's, and the p-value of Welch's t-test of that difference
-    (two-sided). Best mean first."""
-    finished = runs[runs["status"] == "FINISHED"]
-    if finished.empty:
+    config ran with more than one seed (None otherwise): n seeds (of a seed run twice, the
+    newest run), the mean and the standard deviation of each final metric, the best and worst
+    seed by ``metric``, the difference of the mean of ``metric`` to the best config's, the
+    p-value of Welch's t-test of that difference (two-sided), and how many of the config's runs
+    did not finish (left out of the figures). Best mean first."""
+    if f"params.{SEED}" not in runs or f"metrics.{metric}" not in runs:
+        return None
+    params = _params(runs)
+    identity = [name for name in params.columns if not name.startswith(_IGNORED_PARAMS)]
+    configs = params[[name for name in identity if name != SEED]].fillna("").astype(str)
+    runs = runs.assign(config=configs.agg("\x1f".join, axis=1))
+    scored = runs[(runs["status"] == "FINISHED") & runs[f"metrics.{metric}"].notna()]
+    scored = scored.drop_duplicates(["config", f"params.{SEED}"])  # Newest first, as searched.
+    if scored.empty:
         return None
     # In the table's order, so that of tied seeds the one it ranks first is a config's best.
-    finished = finished.set_index("run_id").loc[table(finished, metric)["run_id"]].reset_index()
-    params = _params(finished)
-    keys = [name for name in _differing(params) if name != SEED]
-    labels = (
-        params[keys].apply(lambda row: " ".join(f"{k}={v}" for k, v in row.items()), axis=1)
-        if keys
-        else "every run"
+    scored = scored.set_index("run_id").loc[table(scored, metric)["run_id"]].reset_index()
+    shown = list(dict.fromkeys([*SHOWN_METRICS, metric]))
+    frame = scored.reindex(columns=[f"metrics.{name}" for name in shown]).set_axis(shown, axis=1)
+    frame = frame.assign(
+        config=scored["config"], seed=scored[f"params.{SEED}"], run_id=scored["run_id"]
     )
-    metrics = finished.reindex(columns=[f"metrics.{name}" for name in SHOWN_METRICS])
-    frame = metrics.set_axis(list(SHOWN_METRICS), axis=1).assign(
-        group=labels, seed=params.get(SEED), run_id=finished["run_id"]
-    )
-    lower = lower_is_better(metric)
-    by = frame.groupby("group", sort=False)
-    grouped = by[list(SHOWN_METRICS)].agg(["mean", "std"])  # std: NaN for one seed
+    by = frame.groupby("config", sort=False)
+    grouped = by[shown].agg(["mean", "std"])  # std: NaN for one seed
     grouped.columns = [f"{name}_{statistic}" for name, statistic in grouped.columns]
     grouped.insert(0, "n", by.size())
     if grouped["n"].max() < 2:
         return None
+    grouped.insert(0, "group", _labels(_params(scored)).groupby(scored["config"].values).first())
     grouped["best_seed"], grouped["worst_seed"] = by["seed"].first(), by["seed"].last()
     grouped["best_run_id"], grouped["run_ids"] = by["run_id"].first(), by["run_id"].agg(" ".join)
-    grouped = grouped.sort_values(f"{metric}_mean", ascending=lower, kind="stable").reset_index()
+    unfinished = runs[runs["status"] != "FINISHED"].groupby("config").size()
+    grouped["not_finished"] = unfinished.reindex(grouped.index, fill_value=0)
+    lower = lower_is_better(metric)
+    grouped = grouped.sort_values(f"{metric}_mean", ascending=lower, kind="stable")
     means = grouped[f"{metric}_mean"]
     grouped[f"{metric}_difference"] = means - means.iloc[0]
-    seeds = {name: members[metric].dropna().to_numpy() for name, members in by}
-    best = seeds[grouped["group"].iloc[0]]
-    grouped["p_value"] = [float("nan")] + [
-        _welch(best, seeds[name]) for name in grouped["group"][1:]
-    ]
+    seeds = {config: members[metric].to_numpy() for config, members in by}
+    best = seeds[grouped.index[0]]
+    grouped["p_value"] = [float("nan")] + [_welch(best, seeds[c]) for c in grouped.index[1:]]
     grouped.insert(0, "rank", range(1, len(grouped) + 1))
-    return grouped
+    return grouped.reset_index(drop=True)
+
+
+def _labels(params: pd.DataFrame) -> pd.Series:
+    """Each run's config in words: the params that differ between the runs but the seed
+    (``optimizer.name=sgd optimizer.momentum=0.9``), each run naming only those it has."""
+    shown = [
+        name
+        for name in sorted(params.columns)
+        if not name.startswith(_IGNORED_PARAMS)
+        and not name.endswith("._target_")
+        and name != SEED
+        and params[name].nunique(dropna=False) > 1
+    ]
+    if not shown:
+        import pandas as pd
+
+        return pd.Series("every run", index=params.index)
+    return params[shown].apply(
+        lambda row: " ".join(f"{key}={value}" for key, value in row.items() if value == value),
+        axis=1,
+    )
 
 
 def _welch(a: Any, b: Any) -> float:
@@ -160,6 +184,10 @@ def verdict(grouped: pd.DataFrame, metric: str) -> str:
     if others["p_value"].isna().any():
         untested = ", ".join(others[others["p_value"].isna()]["group"])
         lines.append(f"Not tested (one seed, or no spread at all): {untested}.")
+    lost = grouped[grouped["not_finished"] > 0]
+    if len(lost):
+        named = ", ".join(f"{row.group} ({row.not_finished})" for row in lost.itertuples())
+        lines.append(f"Runs that did not finish, left out of the figures: {named}.")
     return "\n".join(lines)
 
 
@@ -172,8 +200,9 @@ def _spread(row: Any, metric: str) -> str:
 def groups_to_text(grouped: pd.DataFrame, metric: str) -> str:
     """The grouped table for the terminal (mean ± standard deviation over the seeds), and the
     verdict."""
+    metrics = dict.fromkeys([*SHOWN_METRICS, metric])
     shown = grouped[["rank", "group", "n"]].assign(
-        **{name: grouped.apply(_spread, axis=1, metric=name) for name in SHOWN_METRICS},
+        **{name: grouped.apply(_spread, axis=1, metric=name) for name in metrics},
         best_seed=grouped["best_seed"],
         worst_seed=grouped["worst_seed"],
         difference=grouped[f"{metric}_difference"].map(lambda d: f"{d:+.4f}"),

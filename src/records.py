@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 # Overrides that say where things go rather than what is trained; left out of run names.
-_NOT_IN_RUN_NAME = ("tracking", "data.dir", "data.cache_dir", "hydra", "trainer.verbose")
+_NOT_IN_RUN_NAME = ("tracking", "data.dir", "data.cache_dir", "hydra", "trainer.verbose", "sweep.")
 
 
 class Recorder(Protocol):

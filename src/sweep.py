@@ -241,7 +241,8 @@ def summarize(
     register: bool = True,
 ) -> str:
     """Record the jobs' comparison and counts on the parent run, register the best job's model
-    (``register``), and close the parent; returns the comparison as text."""
+    (``register``; of a sweep over seeds, the best config's best seed), and close the parent;
+    returns the comparison as text."""
     from src import compare, tracking
 
     failed = _unsuccessful(results)

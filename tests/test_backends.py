@@ -127,6 +127,7 @@ def test_a_jax_run_records_backend_and_device_and_its_model_scores_on_tensorflow
 
 def test_a_second_jax_run_of_a_config_compiles_nothing_the_first_compiled(tmp_path, monkeypatch):
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")  # The default: ~/.cache/jax.
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     home = tmp_path / "home"
     env = {"HOME": str(home), "JAX_EXPLAIN_CACHE_MISSES": "1"}  # JAX names every miss.
     runs = [

@@ -4,6 +4,7 @@ set up, and given everything back when the job ends, whatever way it ends."""
 from __future__ import annotations
 
 import gc
+import weakref
 
 import pytest
 
@@ -26,6 +27,20 @@ def test_the_collector_is_paused_while_a_job_sets_up_and_given_everything_back_a
 
 class Model:
     """An object the collector tracks, as a job's model is."""
+
+    itself: Model | None = None
+
+
+def test_the_next_job_in_a_process_first_frees_what_the_last_one_left():
+    with collector.setting_up() as set_up:
+        model = Model()
+        model.itself = model  # A cycle, as a Keras model has: only the collector frees it.
+        left = weakref.ref(model)
+        set_up()
+    del model
+    with collector.setting_up() as set_up:
+        assert left() is None  # Not frozen again with this job's set-up.
+        set_up()
 
 
 def test_a_job_that_fails_while_setting_up_gives_the_collector_back():

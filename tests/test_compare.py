@@ -59,6 +59,45 @@ def test_runs_that_differ_only_in_their_seed_form_one_group_per_config():
     assert grouped["val_accuracy_difference"].tolist() == pytest.approx(
         [0, np.mean(sgd) - np.mean(adam)]
     )
+    assert grouped["not_finished"].tolist() == [1, 0]
+    assert compare.verdict(grouped, "val_accuracy").splitlines()[-1] == (
+        "Runs that did not finish, left out of the figures: optimizer.name=adam (1)."
+    )
+
+
+def test_a_seed_run_twice_counts_once_and_a_setting_only_some_configs_have_still_parts_them():
+    adam = runs_of({"adam": [0.981, 0.984]})
+    runs = pd.concat(
+        [
+            adam.assign(run_id=adam["run_id"] + "-again"),  # The same seeds again, newer.
+            adam.assign(**{"params.optimizer.beta_1": "0.9"}),
+            adam.assign(run_id=adam["run_id"] + "-b", **{"params.optimizer.beta_1": "0.99"}),
+            runs_of({"sgd": [0.951, 0.949]}),
+        ],
+        ignore_index=True,
+    )
+    runs.loc[runs["run_id"].str.endswith("-again"), "params.optimizer.beta_1"] = "0.9"
+    grouped = compare.groups(runs, "val_accuracy")
+    assert grouped is not None
+    assert sorted(grouped["group"]) == [
+        "optimizer.beta_1=0.9 optimizer.name=adam",
+        "optimizer.beta_1=0.99 optimizer.name=adam",
+        "optimizer.name=sgd",  # It has no beta_1: not named.
+    ]
+    assert grouped["n"].tolist() == [2, 2, 2]  # Each seed of adam with 0.9 once: the newest.
+    first = grouped.set_index("group").loc["optimizer.beta_1=0.9 optimizer.name=adam"]
+    assert sorted(first["run_ids"].split()) == ["adam-42-again", "adam-43-again"]
+
+
+def test_any_metric_ranks_the_configs_and_one_seed_each_is_no_comparison_over_seeds():
+    runs = runs_of({"adam": [0.3, 0.2], "sgd": [0.1, 0.15]}, "loss")
+    grouped = compare.groups(runs, "loss")  # Not among the metrics every table shows.
+    assert grouped is not None
+    assert grouped["group"].tolist() == ["optimizer.name=sgd", "optimizer.name=adam"]
+    assert grouped["loss_mean"].tolist() == pytest.approx([0.125, 0.25])
+    assert "loss" in compare.groups_to_text(grouped, "loss").splitlines()[1].split()
+    twice = pd.concat([runs, runs.assign(run_id=runs["run_id"] + "-again")])
+    assert compare.groups(twice[twice["params.trainer.seed"] == "42"], "loss") is None
 
 
 def test_a_loss_ranks_its_lowest_mean_first():
