@@ -41,16 +41,21 @@ def _params(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.filter(regex=r"^params\.").rename(columns=lambda name: name[len("params.") :])
 
 
-def _differing(params: pd.DataFrame) -> list[str]:
+def _varying(params: pd.DataFrame) -> list[str]:
     """The params whose values differ between the runs and say something about what was
-    trained."""
-    differing = [
+    trained (a ``_target_`` is said by its group's name)."""
+    return [
         name
         for name in sorted(params.columns)
         if not name.startswith(_IGNORED_PARAMS)
         and not name.endswith("._target_")
         and params[name].nunique(dropna=False) > 1
     ]
+
+
+def _differing(params: pd.DataFrame) -> list[str]:
+    """The varying params a table shows."""
+    differing = _varying(params)
     # A setting only some runs have (Adam's beta_1 beside SGD runs) is told apart by its
     # group's name already (optimizer.name), so it is left out when that name differs.
     return [
@@ -104,7 +109,7 @@ def groups(runs: pd.DataFrame, metric: str) -> pd.DataFrame | None:
         return None
     # In the table's order, so that of tied seeds the one it ranks first is a config's best.
     scored = scored.set_index("run_id").loc[table(scored, metric)["run_id"]].reset_index()
-    shown = list(dict.fromkeys([*SHOWN_METRICS, metric]))
+    shown = _metrics_of(metric)
     frame = scored.reindex(columns=[f"metrics.{name}" for name in shown]).set_axis(shown, axis=1)
     frame = frame.assign(
         config=scored["config"], seed=scored[f"params.{SEED}"], run_id=scored["run_id"]
@@ -131,17 +136,15 @@ def groups(runs: pd.DataFrame, metric: str) -> pd.DataFrame | None:
     return grouped.reset_index(drop=True)
 
 
+def _metrics_of(metric: str) -> list[str]:
+    """The final metrics a grouped table shows: every table's, and the one it ranks by."""
+    return list(dict.fromkeys([*SHOWN_METRICS, metric]))
+
+
 def _labels(params: pd.DataFrame) -> pd.Series:
     """Each run's config in words: the params that differ between the runs but the seed
     (``optimizer.name=sgd optimizer.momentum=0.9``), each run naming only those it has."""
-    shown = [
-        name
-        for name in sorted(params.columns)
-        if not name.startswith(_IGNORED_PARAMS)
-        and not name.endswith("._target_")
-        and name != SEED
-        and params[name].nunique(dropna=False) > 1
-    ]
+    shown = [name for name in _varying(params) if name != SEED]
     if not shown:
         import pandas as pd
 
@@ -200,9 +203,8 @@ def _spread(row: Any, metric: str) -> str:
 def groups_to_text(grouped: pd.DataFrame, metric: str) -> str:
     """The grouped table for the terminal (mean ± standard deviation over the seeds), and the
     verdict."""
-    metrics = dict.fromkeys([*SHOWN_METRICS, metric])
     shown = grouped[["rank", "group", "n"]].assign(
-        **{name: grouped.apply(_spread, axis=1, metric=name) for name in metrics},
+        **{name: grouped.apply(_spread, axis=1, metric=name) for name in _metrics_of(metric)},
         best_seed=grouped["best_seed"],
         worst_seed=grouped["worst_seed"],
         difference=grouped[f"{metric}_difference"].map(lambda d: f"{d:+.4f}"),

@@ -99,7 +99,7 @@ def plot_group_curves(
     seeds: Mapping[str, Sequence[Sequence[tuple[int, float]]]], metric: str
 ) -> Figure:
     """One line per config: ``metric`` against the epoch, the mean over the config's seeds
-    (each seed a ``(epoch, value)`` history), with each seed's value as a dot and a band from
+    (each seed a ``(epoch, value)`` history), with each seed's value as a cross and a band from
     the lowest seed to the highest. Configs are set a little apart along the epoch axis, so
     that their bars do not hide each other."""
     figure = Figure(figsize=(8, 5), layout="tight")
